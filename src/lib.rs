@@ -1,0 +1,5 @@
+//! fieldgate: an edge gateway that polls field hardware (Modbus, serial, GPIO) and
+//! publishes telemetry over MQTT through its own client, with a local broker for LAN
+//! devices. See ARCHITECTURE.md for the map; this crate root only names the modules.
+
+pub mod mqtt;

@@ -1,0 +1,382 @@
+//! Test peers and helpers shared by the integration tests.
+//!
+//! Owns: gating on real peers (`require_peer`), a throwaway mosquitto broker on a free
+//! loopback port (`Mosquitto`), running inline Python from the test venv (`run_python`),
+//! deadline-bounded polling (`wait_until`) and scratch directories (`TempDir`).
+//! `tests/run.sh` installs the peers and sets the `FIELDGATE_*` variables read here.
+
+// Not every helper is used by every test module, and all of them compile into one binary.
+#![allow(dead_code)]
+// A panic in a test helper is a test failure with a message, which is what we want.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often the polling helpers re-check their condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Default limit for a peer to start or an inline Python script to finish.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// True when `FIELDGATE_REQUIRE_PEERS=1`: a missing peer then fails the test.
+pub fn peers_required() -> bool {
+    std::env::var("FIELDGATE_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// Gate for a test that needs the real peer `name`: `"mosquitto"`, `"python"` (the test
+/// venv), `"paho-mqtt"`, `"pymodbus"`, or any program looked up on PATH. Returns true
+/// when it is present. When it is missing: panics under `FIELDGATE_REQUIRE_PEERS=1`,
+/// otherwise prints a note to stderr and returns false so the caller returns early.
+pub fn require_peer(name: &str) -> bool {
+    if peer_present(name) {
+        return true;
+    }
+    if peers_required() {
+        panic!(
+            "test peer `{name}` is missing but FIELDGATE_REQUIRE_PEERS=1; \
+             run `bash tests/run.sh`, which installs the peers and sets the environment"
+        );
+    }
+    eprintln!("skipping: test peer `{name}` is missing (run `bash tests/run.sh` to install it)");
+    false
+}
+
+/// `require_peer` for each name; true only when all are present.
+pub fn require_peers(names: &[&str]) -> bool {
+    names.iter().all(|name| require_peer(name))
+}
+
+fn peer_present(name: &str) -> bool {
+    match name {
+        "mosquitto" => mosquitto_bin().is_some(),
+        "python" => python().is_some(),
+        "paho-mqtt" => python_imports("paho.mqtt.client"),
+        "pymodbus" => python_imports("pymodbus"),
+        program => find_program(program).is_some(),
+    }
+}
+
+fn python_imports(module: &str) -> bool {
+    let Some(python) = python() else {
+        return false;
+    };
+    Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Finds an executable by name on PATH, then in /usr/sbin and /usr/bin (daemons such as
+/// mosquitto live in sbin, which is not on a non-root PATH).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The mosquitto binary: `FIELDGATE_MOSQUITTO`, else `mosquitto` on PATH or in /usr/sbin.
+pub fn mosquitto_bin() -> Option<PathBuf> {
+    match std::env::var_os("FIELDGATE_MOSQUITTO") {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| is_executable(p)),
+        None => find_program("mosquitto"),
+    }
+}
+
+/// The test venv's Python: `FIELDGATE_TEST_PYTHON`, else `target/test-venv/bin/python`
+/// when an earlier `tests/run.sh` left it there.
+pub fn python() -> Option<PathBuf> {
+    match std::env::var_os("FIELDGATE_TEST_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| is_executable(p)),
+        None => Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python"))
+            .filter(|p| is_executable(p)),
+    }
+}
+
+/// Runs an inline Python script (`python -c script args...`) with the test venv's Python
+/// and returns its output once it exits; panics with its stderr if it runs past
+/// `PEER_TIMEOUT`. Callers gate on `require_peer("python")` first.
+pub fn run_python(script: &str, args: &[&str]) -> Output {
+    run_python_with_timeout(script, args, PEER_TIMEOUT)
+}
+
+/// `run_python` with an explicit time limit.
+pub fn run_python_with_timeout(script: &str, args: &[&str], timeout: Duration) -> Output {
+    let python = python().expect("no test Python: run `bash tests/run.sh`");
+    let mut command = Command::new(python);
+    command.arg("-c").arg(script).args(args);
+    run_with_timeout(command, timeout)
+}
+
+/// Spawns `command` with piped stdout and stderr, polls it until it exits or `timeout`
+/// passes, and returns its output. On expiry the child is killed and the helper panics
+/// with what the child printed. Output is drained by threads so a chatty child never
+/// blocks on a full pipe.
+pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {description}: {e}"));
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = wait_child(&mut child, timeout);
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{description} did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr),
+        ),
+    }
+}
+
+/// Reads a child's pipe to the end on a thread.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Polls `child` until it exits (returns its status) or `timeout` passes (kills and reaps
+/// it, returns None).
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait on a test child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Polls `cond` every `POLL_INTERVAL` until it returns true; panics naming `what` if it
+/// is still false after `deadline`.
+pub fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return;
+        }
+        if Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Async `wait_until` for tokio tests: awaits `cond()` every `POLL_INTERVAL` without
+/// blocking the runtime.
+pub async fn wait_until_async<F, Fut>(deadline: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// A fresh directory under `std::env::temp_dir()`, removed with its contents on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a directory whose name is unique to this process, call and instant.
+    pub fn new(prefix: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("fieldgate-{prefix}-{}-{n}-{nanos}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Returns a loopback port that was free a moment ago (bind port 0, read it, release it).
+/// Another process may take it before the caller binds it, so callers retry on conflict.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A real mosquitto broker on 127.0.0.1 with a free port, anonymous access and no
+/// persistence. Killed, reaped and its temp dir removed on drop.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    // Removed by its own Drop after `Mosquitto::drop` has killed the child.
+    dir: TempDir,
+}
+
+impl Mosquitto {
+    /// How many fresh ports to try when mosquitto exits at start (e.g. the port was taken).
+    const ATTEMPTS: usize = 5;
+    /// How long one start may take before it counts as a failure.
+    const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Starts a broker and returns once it accepts TCP connections. Panics (with
+    /// mosquitto's log) when it cannot be started. Gate on `require_peer("mosquitto")`.
+    pub fn start() -> Mosquitto {
+        Self::start_with_config("")
+    }
+
+    /// Like `start`, with extra lines appended to the generated mosquitto.conf.
+    pub fn start_with_config(extra: &str) -> Mosquitto {
+        let bin = mosquitto_bin().expect("no mosquitto binary: run `bash tests/run.sh`");
+        let mut failures = Vec::new();
+        for _ in 0..Self::ATTEMPTS {
+            match Self::try_start(&bin, extra) {
+                Ok(broker) => return broker,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "mosquitto ({}) did not start in {} attempts:\n{}",
+            bin.display(),
+            Self::ATTEMPTS,
+            failures.join("\n")
+        );
+    }
+
+    fn try_start(bin: &Path, extra: &str) -> Result<Mosquitto, String> {
+        let dir = TempDir::new("mosquitto");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        let log = dir.path().join("mosquitto.log");
+        fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 log_dest stderr\nlog_type all\n{extra}\n"
+            ),
+        )
+        .map_err(|e| format!("write {}: {e}", conf.display()))?;
+        let log_file = File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let log_file2 = log_file
+            .try_clone()
+            .map_err(|e| format!("clone log handle: {e}"))?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_file2)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        // From here on, `broker`'s Drop kills the child on every failure path.
+        let mut broker = Mosquitto {
+            child,
+            port,
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + Self::START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                return Err(format!(
+                    "port {port}: mosquitto exited with {status}:\n{}",
+                    broker.log()
+                ));
+            }
+            if TcpStream::connect_timeout(&broker.addr(), Duration::from_millis(200)).is_ok() {
+                // Make sure the listener is ours, not a process that took the port.
+                if matches!(broker.child.try_wait(), Ok(None)) {
+                    return Ok(broker);
+                }
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "port {port}: not accepting connections after {:?}:\n{}",
+                    Self::START_TIMEOUT,
+                    broker.log()
+                ));
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// The broker's TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The broker's address, 127.0.0.1:port.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// What mosquitto has logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("<no log: {e}>"))
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,6 +3,7 @@
 
 mod cli;
 mod codec_fixtures;
+mod codec_interop;
 mod peers;
 mod protocol_core_has_no_io;
 #[path = "../support/mod.rs"]

@@ -1459,7 +1459,8 @@ fn var_int_len(v: u64) -> u64 {
     }
 }
 
-/// Length-prefixed bytes. Lengths are checked by [`check_lengths`] before writing, so the
+/// Length-prefixed bytes. Lengths are checked by [`check_encodable`] (binary data) and by
+/// [`MqttString`] (strings) before writing, so the
 /// truncating cast here never truncates for a packet that reaches the writer.
 fn put_binary<S: Sink>(s: &mut S, v: &[u8]) {
     s.put_u16(v.len() as u16);

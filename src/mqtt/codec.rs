@@ -228,6 +228,24 @@ pub enum EncodeError {
 /// `max_packet_size` is refused as soon as its fixed header is complete, so a peer cannot
 /// make us buffer it. `protocol` is the connection's version; it is ignored for CONNECT,
 /// which carries its own.
+///
+/// Inlined so that a caller's read loop builds each PUBLISH in place; every other packet
+/// goes through [`decode_other`], which is not.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use fieldgate::mqtt::codec::decode;
+/// use fieldgate::mqtt::packet::{Packet, ProtocolVersion};
+///
+/// // A PINGREQ, then the first byte of a PINGRESP.
+/// let mut buf = BytesMut::from(&[0xC0, 0x00, 0xD0][..]);
+/// assert_eq!(decode(&mut buf, 1024, ProtocolVersion::V5)?, Some(Packet::PingReq));
+/// assert_eq!(decode(&mut buf, 1024, ProtocolVersion::V5)?, None);
+/// buf.extend_from_slice(&[0x00]);
+/// assert_eq!(decode(&mut buf, 1024, ProtocolVersion::V5)?, Some(Packet::PingResp));
+/// # Ok::<(), fieldgate::mqtt::codec::DecodeError>(())
+/// ```
+#[inline]
 pub fn decode(
     buf: &mut BytesMut,
     max_packet_size: u32,
@@ -265,22 +283,34 @@ pub fn decode(
         // payload takes the rest of the body, so there is nothing left to `finish`.
         return read_publish(&mut r, flags, protocol);
     }
+    decode_other(&mut r, packet, flags, protocol)
+}
+
+/// Every packet but PUBLISH, kept out of line (see [`decode`]). PUBLISH is handled here
+/// too, so this function is total on its own, though `decode` never sends it here.
+#[inline(never)]
+fn decode_other(
+    r: &mut Reader,
+    packet: PacketType,
+    flags: u8,
+    protocol: ProtocolVersion,
+) -> Result<Option<Packet>, DecodeError> {
     let decoded = match packet {
-        PacketType::Connect => Packet::Connect(Box::new(read_connect(&mut r)?)),
-        PacketType::ConnAck => Packet::ConnAck(read_connack(&mut r, protocol)?),
-        PacketType::Publish => unreachable!("PUBLISH returned above"),
-        PacketType::PubAck => Packet::PubAck(read_pub_response(&mut r, protocol)?),
-        PacketType::PubRec => Packet::PubRec(read_pub_response(&mut r, protocol)?),
-        PacketType::PubRel => Packet::PubRel(read_pub_response(&mut r, protocol)?),
-        PacketType::PubComp => Packet::PubComp(read_pub_response(&mut r, protocol)?),
-        PacketType::Subscribe => Packet::Subscribe(read_subscribe(&mut r, protocol)?),
-        PacketType::SubAck => Packet::SubAck(read_suback(&mut r, protocol)?),
-        PacketType::Unsubscribe => Packet::Unsubscribe(read_unsubscribe(&mut r, protocol)?),
-        PacketType::UnsubAck => Packet::UnsubAck(read_unsuback(&mut r, protocol)?),
+        PacketType::Connect => Packet::Connect(Box::new(read_connect(r)?)),
+        PacketType::ConnAck => Packet::ConnAck(read_connack(r, protocol)?),
+        PacketType::Publish => return read_publish(r, flags, protocol),
+        PacketType::PubAck => Packet::PubAck(read_pub_response(r, protocol)?),
+        PacketType::PubRec => Packet::PubRec(read_pub_response(r, protocol)?),
+        PacketType::PubRel => Packet::PubRel(read_pub_response(r, protocol)?),
+        PacketType::PubComp => Packet::PubComp(read_pub_response(r, protocol)?),
+        PacketType::Subscribe => Packet::Subscribe(read_subscribe(r, protocol)?),
+        PacketType::SubAck => Packet::SubAck(read_suback(r, protocol)?),
+        PacketType::Unsubscribe => Packet::Unsubscribe(read_unsubscribe(r, protocol)?),
+        PacketType::UnsubAck => Packet::UnsubAck(read_unsuback(r, protocol)?),
         PacketType::PingReq => Packet::PingReq,
         PacketType::PingResp => Packet::PingResp,
-        PacketType::Disconnect => Packet::Disconnect(read_disconnect(&mut r, protocol)?),
-        PacketType::Auth => Packet::Auth(read_auth(&mut r)?),
+        PacketType::Disconnect => Packet::Disconnect(read_disconnect(r, protocol)?),
+        PacketType::Auth => Packet::Auth(read_auth(r)?),
     };
     r.finish()?;
     Ok(Some(decoded))
@@ -1531,6 +1561,18 @@ fn put_properties<S: Sink>(s: &mut S, props: &impl PropertySet) {
 ///
 /// Fields that 3.1.1 lacks (properties, most reason codes, subscription options other
 /// than QoS) are not written when `protocol` is 3.1.1. Nothing is appended on error.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use fieldgate::mqtt::codec::encode;
+/// use fieldgate::mqtt::packet::{Packet, PacketId, ProtocolVersion, PubResponse};
+///
+/// let puback = Packet::PubAck(PubResponse::success(PacketId::new(10).unwrap()));
+/// let mut buf = BytesMut::new();
+/// encode(&puback, ProtocolVersion::V5, &mut buf)?;
+/// assert_eq!(&buf[..], &[0x40, 0x02, 0x00, 0x0A]);
+/// # Ok::<(), fieldgate::mqtt::codec::EncodeError>(())
+/// ```
 pub fn encode(
     packet: &Packet,
     protocol: ProtocolVersion,

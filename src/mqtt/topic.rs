@@ -333,6 +333,14 @@ impl fmt::Display for TopicFilter {
 ///
 /// Walks both strings level by level with no allocation. On an unvalidated filter it still
 /// returns without panicking, but the answer is unspecified.
+///
+/// ```
+/// use fieldgate::mqtt::topic::matches;
+///
+/// assert!(matches("plant/+/temperature", "plant/pump-3/temperature"));
+/// assert!(matches("plant/#", "plant"));
+/// assert!(!matches("#", "$SYS/broker/uptime"));
+/// ```
 pub fn matches(filter: &str, name: &str) -> bool {
     // [MQTT-4.7.2-1]: a wildcard in the first level must not reach server-specific
     // `$...` topics; a client that wants them names the first level explicitly.

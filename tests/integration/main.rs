@@ -1,9 +1,13 @@
 //! The one integration-test binary. Each module below is a group of tests; `support`
 //! holds the real peers (mosquitto, paho-mqtt, pymodbus) and helpers they share.
 
+// Test code may unwrap, helpers included: a panic is a test failure with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 mod codec_fixtures;
 mod codec_interop;
+mod codec_roundtrip;
 mod peers;
 mod protocol_core_has_no_io;
 #[path = "../support/mod.rs"]

@@ -132,7 +132,7 @@ step() {
 
 step cargo fmt --check
 step cargo clippy --all-targets --locked -- -D warnings
-step cargo test --all-targets --locked
 step cargo test --doc --locked
+step cargo test --all-targets --locked
 
 banner "all checks passed in $((SECONDS - start)) s"

@@ -84,6 +84,9 @@ impl QoS {
 pub struct PacketId(NonZeroU16);
 
 impl PacketId {
+    /// The smallest id, 1.
+    pub const MIN: PacketId = PacketId(NonZeroU16::MIN);
+
     /// The id for `value`, or `None` for 0.
     pub const fn new(value: u16) -> Option<Self> {
         match NonZeroU16::new(value) {

@@ -181,6 +181,10 @@ fn raw_string_end(chars: &[char], i: usize, is_ident: impl Fn(char) -> bool) -> 
 }
 
 /// Every forbidden mention in the code (not the comments) of `source`.
+/// Keywords among the patterns: they match only as whole words, so a field named
+/// `awaiting` or `asynchronous` is not taken for `.await` or `async`.
+const KEYWORDS: &[&str] = &["async", ".await"];
+
 fn forbidden_mentions(source: &str) -> Vec<Finding> {
     let is_ident = |c: char| c.is_alphanumeric() || c == '_';
     let code = strip_comments(source);
@@ -188,8 +192,13 @@ fn forbidden_mentions(source: &str) -> Vec<Finding> {
     for (index, line) in code.lines().enumerate() {
         for &(pattern, why) in FORBIDDEN {
             let needs_word_start = pattern.starts_with(is_ident);
+            let needs_word_end = KEYWORDS.contains(&pattern);
             let hit = line.match_indices(pattern).any(|(at, _)| {
-                !needs_word_start || !line[..at].chars().next_back().is_some_and(is_ident)
+                let starts =
+                    !needs_word_start || !line[..at].chars().next_back().is_some_and(is_ident);
+                let after = &line[at + pattern.len()..];
+                let ends = !needs_word_end || !after.chars().next().is_some_and(is_ident);
+                starts && ends
             });
             if hit {
                 findings.push(Finding {
@@ -306,6 +315,12 @@ fn g() {}
 #[test]
 fn the_checker_ignores_identifiers_that_merely_end_with_a_forbidden_word() {
     assert!(forbidden_mentions("let not_tokio = MySystemTime::default();").is_empty());
+}
+
+#[test]
+fn the_checker_takes_keywords_only_as_whole_words() {
+    assert!(forbidden_mentions("self.awaiting.insert(id, r); let asynchronous = 1;").is_empty());
+    assert_eq!(forbidden_mentions("let v = f.await?;").len(), 1);
 }
 
 #[test]

@@ -12,3 +12,4 @@ mod peers;
 mod protocol_core_has_no_io;
 #[path = "../support/mod.rs"]
 mod support;
+mod support_peers;

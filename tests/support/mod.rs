@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod proxy;
+pub mod tls;
+
 /// How often the polling helpers re-check their condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -260,11 +263,13 @@ pub fn free_port() -> u16 {
 }
 
 /// A real mosquitto broker on 127.0.0.1 with a free port, anonymous access and no
-/// persistence. Killed, reaped and its temp dir removed on drop.
+/// persistence; optionally also a TLS listener on a second free port (`start_tls`).
+/// Killed, reaped and its temp dir removed on drop.
 #[derive(Debug)]
 pub struct Mosquitto {
     child: Child,
     port: u16,
+    tls_port: Option<u16>,
     log: PathBuf,
     // Removed by its own Drop after `Mosquitto::drop` has killed the child.
     dir: TempDir,
@@ -284,10 +289,21 @@ impl Mosquitto {
 
     /// Like `start`, with extra lines appended to the generated mosquitto.conf.
     pub fn start_with_config(extra: &str) -> Mosquitto {
+        Self::start_inner(extra, None)
+    }
+
+    /// Starts a broker with its plain listener (`port`) and a TLS listener (`tls_port`)
+    /// that presents `pki.server_cert`, trusts `pki.ca_cert` for client certificates and,
+    /// when `require_client_cert`, refuses clients without one. Anonymous access on both.
+    pub fn start_tls(pki: &tls::TestPki, require_client_cert: bool) -> Mosquitto {
+        Self::start_inner("", Some((pki, require_client_cert)))
+    }
+
+    fn start_inner(extra: &str, tls: Option<(&tls::TestPki, bool)>) -> Mosquitto {
         let bin = mosquitto_bin().expect("no mosquitto binary: run `bash tests/run.sh`");
         let mut failures = Vec::new();
         for _ in 0..Self::ATTEMPTS {
-            match Self::try_start(&bin, extra) {
+            match Self::try_start(&bin, extra, tls) {
                 Ok(broker) => return broker,
                 Err(failure) => failures.push(failure),
             }
@@ -300,19 +316,36 @@ impl Mosquitto {
         );
     }
 
-    fn try_start(bin: &Path, extra: &str) -> Result<Mosquitto, String> {
+    fn try_start(
+        bin: &Path,
+        extra: &str,
+        tls: Option<(&tls::TestPki, bool)>,
+    ) -> Result<Mosquitto, String> {
         let dir = TempDir::new("mosquitto");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
-        fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 log_dest stderr\nlog_type all\n{extra}\n"
-            ),
-        )
-        .map_err(|e| format!("write {}: {e}", conf.display()))?;
+        let mut config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             log_dest stderr\nlog_type all\n{extra}\n"
+        );
+        // TLS options are per listener: they apply to the `listener` line before them, so
+        // this block comes last. `allow_anonymous` above is global (no
+        // `per_listener_settings`), so it covers this listener too.
+        let tls_port = tls.map(|(pki, require_client_cert)| {
+            let tls_port = std::iter::repeat_with(free_port)
+                .find(|&p| p != port)
+                .expect("a second free port");
+            config.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+                 require_certificate {require_client_cert}\n",
+                pki.ca_cert.display(),
+                pki.server_cert.display(),
+                pki.server_key.display(),
+            ));
+            tls_port
+        });
+        fs::write(&conf, config).map_err(|e| format!("write {}: {e}", conf.display()))?;
         let log_file = File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
         let log_file2 = log_file
             .try_clone()
@@ -329,18 +362,24 @@ impl Mosquitto {
         let mut broker = Mosquitto {
             child,
             port,
+            tls_port,
             log,
             dir,
         };
+        let ports: Vec<u16> = std::iter::once(port).chain(tls_port).collect();
         let deadline = Instant::now() + Self::START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = broker.child.try_wait() {
                 return Err(format!(
-                    "port {port}: mosquitto exited with {status}:\n{}",
+                    "ports {ports:?}: mosquitto exited with {status}:\n{}",
                     broker.log()
                 ));
             }
-            if TcpStream::connect_timeout(&broker.addr(), Duration::from_millis(200)).is_ok() {
+            let accepting = |p: u16| {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            };
+            if ports.iter().all(|&p| accepting(p)) {
                 // Make sure the listener is ours, not a process that took the port.
                 if matches!(broker.child.try_wait(), Ok(None)) {
                     return Ok(broker);
@@ -349,7 +388,7 @@ impl Mosquitto {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "port {port}: not accepting connections after {:?}:\n{}",
+                    "ports {ports:?}: not all accepting connections after {:?}:\n{}",
                     Self::START_TIMEOUT,
                     broker.log()
                 ));
@@ -366,6 +405,11 @@ impl Mosquitto {
     /// The broker's address, 127.0.0.1:port.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The TLS listener's port on 127.0.0.1, when started with `start_tls`.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     /// What mosquitto has logged so far (for failure messages).

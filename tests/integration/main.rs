@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod client_mosquitto;
 mod codec_fixtures;
 mod codec_interop;
 mod codec_roundtrip;

@@ -133,12 +133,18 @@ pub fn run_python_with_timeout(script: &str, args: &[&str], timeout: Duration) -
 /// blocks on a full pipe.
 pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
     let description = format!("{command:?}");
-    let mut child = command
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {description}: {e}"));
+    wait_child_output(child, timeout)
+}
+
+/// Collects a running child's piped stdout/stderr while polling for its exit; kills it and
+/// panics with what it printed if it has not exited within `timeout`.
+pub fn wait_child_output(mut child: Child, timeout: Duration) -> Output {
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let status = wait_child(&mut child, timeout);
@@ -151,7 +157,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
             stderr,
         },
         None => panic!(
-            "{description} did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            "child did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             String::from_utf8_lossy(&stdout),
             String::from_utf8_lossy(&stderr),
         ),

@@ -1,8 +1,11 @@
 //! The `fieldgate` command line. Parses arguments and hands over to the library; owns no
 //! protocol or gateway logic itself.
 //!
-//! Today it offers `decode` (print the MQTT packets in a hex dump, handy with captures);
-//! `run` says what is not built yet instead of pretending.
+//! Today it offers `pub` and `sub` (MQTT command-line clients with mosquitto_pub/_sub's
+//! flags), `decode` (print the MQTT packets in a hex dump, handy with captures); `run`
+//! says what is not built yet instead of pretending.
+
+mod cli;
 
 use std::process::ExitCode;
 
@@ -15,6 +18,8 @@ usage: fieldgate <command>
 
 commands:
   run                      run the gateway (not built yet: see README, Status)
+  pub [options]            publish MQTT messages (like mosquitto_pub; --help for options)
+  sub [options]            print MQTT messages (like mosquitto_sub; --help for options)
   decode [-V 311|5] HEX    print the MQTT packets in HEX (spaces allowed; default -V 5)
   --version                print the version
   --help                   print this help";
@@ -38,6 +43,16 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+        ["pub", rest @ ..] => match cli::parse_pub(rest) {
+            Ok(cli::Command::Help(text)) => help(text),
+            Ok(cli::Command::Run(opts)) => finish("pub", block_on(cli::run::publish(opts))),
+            Err(e) => usage_error("pub", &e),
+        },
+        ["sub", rest @ ..] => match cli::parse_sub(rest) {
+            Ok(cli::Command::Help(text)) => help(text),
+            Ok(cli::Command::Run(opts)) => finish("sub", block_on(cli::run::subscribe(opts))),
+            Err(e) => usage_error("sub", &e),
+        },
         ["decode", rest @ ..] => match decode_command(rest) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -49,6 +64,38 @@ fn main() -> ExitCode {
             eprintln!("fieldgate: unknown command {other:?}\n{USAGE}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn help(text: &str) -> ExitCode {
+    println!("{text}");
+    ExitCode::SUCCESS
+}
+
+fn usage_error(command: &str, error: &cli::CliError) -> ExitCode {
+    eprintln!("fieldgate {command}: {error}");
+    ExitCode::from(cli::EXIT_USAGE)
+}
+
+fn finish(command: &str, outcome: cli::run::Outcome) -> ExitCode {
+    if let Some(message) = outcome.message {
+        eprintln!("fieldgate {command}: {message}");
+    }
+    ExitCode::from(outcome.code)
+}
+
+/// Runs a command-line client on a single-threaded runtime: one connection needs no more,
+/// and it keeps the process small.
+fn block_on<F: std::future::Future<Output = cli::run::Outcome>>(run: F) -> cli::run::Outcome {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run),
+        Err(e) => cli::run::Outcome {
+            code: cli::EXIT_ERROR,
+            message: Some(format!("cannot start the runtime: {e}")),
+        },
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod cli_pub_sub;
 mod client_mosquitto;
 mod codec_fixtures;
 mod codec_interop;

@@ -7,6 +7,7 @@
 mod cli;
 mod cli_pub_sub;
 mod client_mosquitto;
+mod client_session;
 mod codec_fixtures;
 mod codec_interop;
 mod codec_roundtrip;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::mqtt::codec::{self, DecodeError};
 use crate::mqtt::packet::{
     ConnAckProperties, Connect, ConnectProperties, Disconnect, DisconnectProperties, Packet,
-    PacketId, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Subscribe,
+    PacketId, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode, Subscribe,
     SubscribeProperties, Subscription, Unsubscribe, UnsubscribeProperties, UserProperty, Will,
 };
 use crate::mqtt::session::packet_id::PacketIdPool;
@@ -264,10 +264,16 @@ pub struct ClientSession {
     /// Outbound QoS 1/2 messages by packet id, and their send order (for resends).
     inflight: HashMap<PacketId, Inflight>,
     send_order: VecDeque<PacketId>,
+    /// After CONNACK with Session Present: the in-flight ids not yet resent on this
+    /// connection, in send order. They go out as the server's Receive Maximum allows.
+    resend: VecDeque<PacketId>,
     pending: VecDeque<Pending>,
     requests: VecDeque<Request>,
-    /// Requests sent and not yet answered, by packet id.
-    awaiting: HashMap<PacketId, Request>,
+    /// Requests sent and not yet answered, by packet id, with their place in the send
+    /// order (ids wrap, so their order is not the send order).
+    awaiting: HashMap<PacketId, (u64, Request)>,
+    /// How many requests have been sent: the next one's place in the send order.
+    requests_sent: u64,
     /// Subscriptions the server granted and we did not unsubscribe: made again when a
     /// connection starts without the server's session.
     subscriptions: Vec<Subscription>,
@@ -298,9 +304,11 @@ impl ClientSession {
             ids: PacketIdPool::new(),
             inflight: HashMap::new(),
             send_order: VecDeque::new(),
+            resend: VecDeque::new(),
             pending: VecDeque::new(),
             requests: VecDeque::new(),
             awaiting: HashMap::new(),
+            requests_sent: 0,
             subscriptions: Vec::new(),
             incoming_qos2: BTreeSet::new(),
             outbound_aliases: HashMap::new(),
@@ -544,8 +552,12 @@ impl ClientSession {
     /// Takes one packet from the server.
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
         self.now = Some(now);
-        // Any packet proves the link is alive.
-        if let Packet::PingResp = packet {
+        // PINGRESP answers our PINGREQ and clears its deadline. Before CONNACK there is no
+        // PINGREQ to answer: the match below treats it, like any non-CONNACK packet, as a
+        // protocol violation.
+        if let Packet::PingResp = packet
+            && !matches!(self.state, State::Connecting { .. })
+        {
             self.ping_deadline = None;
             return;
         }
@@ -603,8 +615,23 @@ impl ClientSession {
     /// After CONNACK with Session Present: resend what is unacknowledged, in the original
     /// order, PUBLISH with DUP set and PUBREL as it was ([MQTT-4.4.0-1]).
     fn resend_inflight(&mut self) {
-        let order: Vec<PacketId> = self.send_order.iter().copied().collect();
-        for id in order {
+        self.resend = self.send_order.clone();
+        self.resend_within_window();
+        self.requeue_unanswered();
+    }
+
+    /// Sends the next resends while fewer messages than the server's Receive Maximum are on
+    /// this connection. The new server may allow fewer than the old one did, and every
+    /// resent PUBLISH counts against it ([MQTT-3.3.4-7]); sending them all at once would
+    /// get the connection closed with Receive Maximum exceeded, again at every reconnect.
+    /// The rest follow, still in order and before any new message, as the window frees.
+    fn resend_within_window(&mut self) {
+        let window = usize::from(self.limits.receive_maximum);
+        // `resend` only holds ids still in `inflight` (see `complete` and `on_pubrec`).
+        while self.inflight.len().saturating_sub(self.resend.len()) < window {
+            let Some(id) = self.resend.pop_front() else {
+                break;
+            };
             let Some(entry) = self.inflight.get(&id) else {
                 continue;
             };
@@ -619,15 +646,16 @@ impl ClientSession {
             };
             self.send(packet);
         }
-        self.requeue_unanswered();
     }
 
     /// SUBSCRIBE/UNSUBSCRIBE whose answer the old connection lost are not resent by the
     /// protocol: they go back to the front of the queue and get new ids.
     fn requeue_unanswered(&mut self) {
-        let mut unanswered: Vec<(PacketId, Request)> = self.awaiting.drain().collect();
-        unanswered.sort_by_key(|(id, _)| *id);
-        for (id, request) in unanswered.into_iter().rev() {
+        let mut unanswered: Vec<(PacketId, (u64, Request))> = self.awaiting.drain().collect();
+        // In the order they were sent, not by id: after 65535 comes 1, and putting an
+        // UNSUBSCRIBE before the SUBSCRIBE of the same filter would invert the outcome.
+        unanswered.sort_by_key(|(_, (sent, _))| *sent);
+        for (id, (_, request)) in unanswered.into_iter().rev() {
             self.ids.release(id);
             self.requests.push_front(request);
         }
@@ -638,6 +666,7 @@ impl ClientSession {
     /// them). A QoS 2 message whose PUBREC we had is the server's already: it counts as
     /// delivered.
     fn restart_flows(&mut self) {
+        self.resend.clear();
         let order: Vec<PacketId> = self.send_order.drain(..).collect();
         let mut restart = Vec::new();
         for id in order {
@@ -691,10 +720,18 @@ impl ClientSession {
                 other => self.unexpected_ack("SUBACK", ack.packet_id, other),
             },
             Packet::UnsubAck(ack) => match self.take_awaiting(ack.packet_id) {
-                Some(Request::Unsubscribe(token, _)) => self.event(Event::Unsubscribed {
-                    token,
-                    reason_codes: ack.reason_codes,
-                }),
+                Some(Request::Unsubscribe(token, request)) => {
+                    // `unsubscribe` already forgot these filters, but a SUBACK for an
+                    // earlier SUBSCRIBE of them (the caller's, or a resubscription) may
+                    // have arrived since and remembered them again. The server handles
+                    // requests in order, so after this answer they are gone there.
+                    self.subscriptions
+                        .retain(|s| !request.filters.contains(&s.filter));
+                    self.event(Event::Unsubscribed {
+                        token,
+                        reason_codes: ack.reason_codes,
+                    });
+                }
                 other => self.unexpected_ack("UNSUBACK", ack.packet_id, other),
             },
             Packet::Disconnect(d) => {
@@ -723,7 +760,7 @@ impl ClientSession {
     }
 
     fn take_awaiting(&mut self, id: PacketId) -> Option<Request> {
-        let request = self.awaiting.remove(&id)?;
+        let (_, request) = self.awaiting.remove(&id)?;
         self.ids.release(id);
         Some(request)
     }
@@ -829,6 +866,9 @@ impl ClientSession {
                     return;
                 }
                 entry.stage = Stage::AwaitingComp;
+                // A PUBREC for a message not yet resent: the PUBREL below puts it on
+                // this connection.
+                self.resend.retain(|&i| i != id);
                 self.send(Packet::PubRel(PubResponse::success(id)));
             }
             _ => {
@@ -865,6 +905,7 @@ impl ClientSession {
     fn complete(&mut self, id: PacketId) -> Option<Inflight> {
         let entry = self.inflight.remove(&id)?;
         self.send_order.retain(|&i| i != id);
+        self.resend.retain(|&i| i != id);
         self.ids.release(id);
         Some(entry)
     }
@@ -899,9 +940,12 @@ impl ClientSession {
                     (Request::Unsubscribe(token, u), packet)
                 }
             };
-            self.awaiting.insert(id, request);
+            self.awaiting.insert(id, (self.requests_sent, request));
+            self.requests_sent += 1;
             self.send(packet);
         }
+        // Resends first: while any wait, the window is full and no new message goes out.
+        self.resend_within_window();
         let window = usize::from(self.limits.receive_maximum);
         while self.inflight.len() < window {
             let Some(Pending { token, mut message }) = self.pending.pop_front() else {
@@ -944,13 +988,24 @@ impl ClientSession {
         if message.retain && !self.limits.retain_available {
             return Some(ReasonCode::RETAIN_NOT_SUPPORTED);
         }
+        // Runs for every message: a cheap upper bound settles the common case (no
+        // properties, well under the limit) without encoding anything.
+        if message.properties == PublishProperties::default() {
+            // Fixed header (at most 5), topic length prefix and topic, packet id, an empty
+            // Property Length, payload.
+            let bound = 5 + 2 + message.topic.as_str().len() + 2 + 1 + message.payload.len();
+            if bound as u64 <= u64::from(self.limits.maximum_packet_size) {
+                return None;
+            }
+        }
         let mut probe = message.clone();
         if probe.qos != QoS::AtMostOnce {
             probe.packet_id = Some(PacketId::MIN);
         }
-        match codec::encoded_len(&Packet::Publish(probe), self.config.protocol) {
-            Ok(len) if len as u64 <= u64::from(self.limits.maximum_packet_size) => None,
-            _ => Some(ReasonCode::PACKET_TOO_LARGE),
+        if self.fits_server(&Packet::Publish(probe)) {
+            None
+        } else {
+            Some(ReasonCode::PACKET_TOO_LARGE)
         }
     }
 
@@ -969,22 +1024,53 @@ impl ClientSession {
 
     /// 5.0: replace a repeated topic by its alias, within the server's Topic Alias
     /// Maximum. Aliases live for one connection only.
+    ///
+    /// [`Self::refuse_reason`] measured the PUBLISH with its full topic and no alias. The
+    /// Topic Alias property adds bytes (and an empty topic plus the property is longer
+    /// than a topic of one or two characters), so the aliased form is used only if it
+    /// still fits the server's Maximum Packet Size. Otherwise the message goes out as
+    /// measured, and a new alias is not recorded: the server would never have learnt it.
     fn apply_outbound_alias(&mut self, wire: &mut Publish) {
         if self.config.protocol != ProtocolVersion::V5 || !self.config.use_topic_aliases {
             return;
         }
         wire.properties.topic_alias = None;
-        if let Some(&alias) = self.outbound_aliases.get(&wire.topic) {
-            wire.properties.topic_alias = Some(alias);
-            wire.topic = TopicName::empty_for_alias();
+        let (alias, new) = match self.outbound_aliases.get(&wire.topic) {
+            Some(&alias) => (alias, false),
+            None => {
+                let next = self.outbound_aliases.len() + 1;
+                match u16::try_from(next)
+                    .ok()
+                    .filter(|&n| n <= self.limits.topic_alias_maximum)
+                    .and_then(NonZeroU16::new)
+                {
+                    Some(alias) => (alias, true),
+                    None => return,
+                }
+            }
+        };
+        let mut aliased = wire.clone();
+        aliased.properties.topic_alias = Some(alias);
+        if !new {
+            aliased.topic = TopicName::empty_for_alias();
+        }
+        let aliased = Packet::Publish(aliased);
+        if !self.fits_server(&aliased) {
             return;
         }
-        let next = self.outbound_aliases.len() + 1;
-        if next <= usize::from(self.limits.topic_alias_maximum)
-            && let Some(alias) = u16::try_from(next).ok().and_then(NonZeroU16::new)
-        {
+        if new {
             self.outbound_aliases.insert(wire.topic.clone(), alias);
-            wire.properties.topic_alias = Some(alias);
+        }
+        if let Packet::Publish(aliased) = aliased {
+            *wire = aliased;
+        }
+    }
+
+    /// Does `packet` encode within the server's Maximum Packet Size?
+    fn fits_server(&self, packet: &Packet) -> bool {
+        match codec::encoded_len(packet, self.config.protocol) {
+            Ok(len) => len as u64 <= u64::from(self.limits.maximum_packet_size),
+            Err(_) => false,
         }
     }
 

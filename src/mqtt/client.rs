@@ -301,6 +301,9 @@ pub fn spawn(options: ClientOptions) -> Result<(Handle, Events), ClientError> {
     ))
 }
 
+/// Most requests taken in one turn before writing (see `Task::take_more_requests`).
+const BATCH: usize = 64;
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -403,21 +406,29 @@ impl Task {
         self.session.handle_connected(Instant::now().into_std());
         let mut read_buf = BytesMut::with_capacity(8 * 1024);
         let mut write_buf = BytesMut::with_capacity(8 * 1024);
+        // Set once every handle is gone and DISCONNECT is queued.
+        let mut hanging_up = false;
         loop {
-            // 1. Write what the session wants sent: outside select!, so a write is never
-            //    half-cancelled.
+            // 1. Write what the session wants sent, in order; only the session's timers
+            //    can interrupt a write (see `write_out`), never a read or a request.
             while let Some(packet) = self.session.poll_packet() {
                 if let Err(e) = codec::encode(&packet, self.session.protocol(), &mut write_buf) {
                     // Our own session built it: a bug, but not a reason to crash.
                     log_bug(&format!("cannot encode {:?}: {e}", packet.packet_type()));
                 }
             }
-            if !write_buf.is_empty() {
-                let written = io.write_all(&write_buf).await;
+            if !write_buf.is_empty() && self.write_out(&mut io, &mut write_buf).await.is_err() {
                 write_buf.clear();
-                if written.is_err() {
-                    self.session.handle_closed(Instant::now().into_std());
-                }
+                self.session.handle_closed(Instant::now().into_std());
+            }
+            //    Once a requested DISCONNECT is written, the client closes the connection
+            //    itself ([MQTT-3.14.4-1]) rather than wait for the broker to, which a stalled
+            //    link never does. Closing -> Disconnected(Requested), handled below.
+            if write_buf.is_empty()
+                && (self.stopping.is_some() || hanging_up)
+                && !self.session.is_connected()
+            {
+                self.session.handle_closed(Instant::now().into_std());
             }
             // 2. Hand events to their waiters and the application.
             let mut end = None;
@@ -441,8 +452,14 @@ impl Task {
                 }
             }
             if let Some(end) = end {
-                let _ = io.shutdown().await;
+                // Bounded: on a stalled link, TLS's close_notify may never get out.
+                let _ = tokio::time::timeout(self.options.session.response_timeout, io.shutdown())
+                    .await;
                 return (end, connected);
+            }
+            if !write_buf.is_empty() {
+                // A timer interrupted the write (and was handled): finish writing first.
+                continue;
             }
             // 3. Wait for exactly one input.
             let deadline = self.session.poll_timeout().map(Instant::from_std);
@@ -456,15 +473,62 @@ impl Task {
                     }
                 }
                 request = self.requests.recv(), if accepting => match request {
-                    Some(request) => self.handle_request(request),
+                    Some(request) => {
+                        self.handle_request(request);
+                        self.take_more_requests().await;
+                    }
                     // Every handle is gone: nobody can publish any more, so finish.
-                    None => self.session.disconnect(ReasonCode::NORMAL_DISCONNECTION, Instant::now().into_std()),
+                    None => {
+                        hanging_up = true;
+                        self.session.disconnect(ReasonCode::NORMAL_DISCONNECTION, Instant::now().into_std());
+                    }
                 },
                 () = sleep_until(deadline) => {
                     self.session.handle_timeout(Instant::now().into_std());
                 }
             }
             self.retry_held();
+        }
+    }
+
+    /// Writes `buf` out (consuming it) and flushes, while still running the session's
+    /// timers: on a stalled link with a full send buffer a write blocks for as long as TCP
+    /// keeps retrying (minutes), and keep-alive must end the connection meanwhile. When a
+    /// timer fires it is handled and this returns early, the unwritten rest left in `buf`
+    /// (to be written before anything else, or dropped if the connection ended).
+    ///
+    /// (Fix: a plain `write_all` here blocked the whole task on such a link: no
+    /// keep-alive timeout and no requests answered. And nothing flushed: tokio-rustls may
+    /// accept data into its buffer without writing it when the socket is full.)
+    async fn write_out(&mut self, io: &mut Box<dyn Io>, buf: &mut BytesMut) -> std::io::Result<()> {
+        enum Step {
+            Wrote(usize),
+            Flushed,
+            Timer,
+        }
+        loop {
+            let deadline = self.session.poll_timeout().map(Instant::from_std);
+            // `write` and `flush` are cancel safe: if the timer wins, nothing of `buf` was
+            // taken.
+            let step = tokio::select! {
+                done = async {
+                    if buf.is_empty() {
+                        io.flush().await.map(|()| Step::Flushed)
+                    } else {
+                        io.write(buf).await.map(Step::Wrote)
+                    }
+                } => done?,
+                () = sleep_until(deadline) => Step::Timer,
+            };
+            match step {
+                Step::Wrote(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Step::Wrote(n) => bytes::Buf::advance(buf, n),
+                Step::Flushed => return Ok(()),
+                Step::Timer => {
+                    self.session.handle_timeout(Instant::now().into_std());
+                    return Ok(());
+                }
+            }
         }
     }
 
@@ -533,12 +597,29 @@ impl Task {
             }
             Request::Disconnect { done } => {
                 self.stopping = Some(done);
+                // Queues DISCONNECT (the session is now Closing); `serve` writes it and then
+                // closes the connection. (Fix: this used to call `handle_closed` here when
+                // `!is_connected()`, which is always true once Closing: the DISCONNECT was
+                // dropped unsent and the broker published our will on every graceful
+                // disconnect.)
                 self.session
                     .disconnect(ReasonCode::NORMAL_DISCONNECTION, now);
-                if !self.session.is_connected() {
-                    // Nothing to send: end the connection attempt here.
-                    self.session.handle_closed(now);
-                }
+            }
+        }
+    }
+
+    /// After one request, lets the producers run and takes what they queued meanwhile, so
+    /// that a burst of small publishes shares one write instead of one syscall each. Stops
+    /// at [`BATCH`] requests, when nothing new came, or when the session is full.
+    async fn take_more_requests(&mut self) {
+        for _ in 0..BATCH {
+            tokio::task::yield_now().await;
+            if self.held.is_some() || self.stopping.is_some() {
+                return;
+            }
+            match self.requests.try_recv() {
+                Ok(request) => self.handle_request(request),
+                Err(_) => return,
             }
         }
     }

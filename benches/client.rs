@@ -1,0 +1,217 @@
+//! Client throughput and footprint against mosquitto's own clients, in the same run.
+//!
+//! Publishes N 100-byte messages from stdin lines with `fieldgate pub -l` and with
+//! `mosquitto_pub -l` to the same local mosquitto (window 100: the broker's
+//! `max_inflight_messages`), at QoS 0 and QoS 1, alternating runs so that noise from other
+//! tenants hits both, and reports messages per second and the ratio. Then measures the
+//! resident memory of an idle `fieldgate sub` next to an idle `mosquitto_sub`.
+//!
+//! `cargo bench --bench client` runs the full measurement; without `--bench` (as
+//! `cargo test --all-targets` runs it) it does a short pass to prove the harness works.
+
+// A benchmark that cannot start its peers has nothing to measure: stopping is right.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::Mosquitto;
+
+const WINDOW: usize = 100;
+
+fn payload_lines(n: usize) -> Vec<u8> {
+    let mut input = Vec::with_capacity(n * 101);
+    for i in 0..n {
+        // 100 bytes of payload, then the newline that `-l` splits on.
+        let line = format!("{i:0>100}");
+        input.extend_from_slice(&line.as_bytes()[line.len() - 100..]);
+        input.push(b'\n');
+    }
+    input
+}
+
+/// Wall time and CPU time (user + system) of one publisher run.
+#[derive(Clone, Copy)]
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// Parses the line bash's `times` prints for children ("0m0.345s 0m0.012s").
+fn parse_times(line: &str) -> Option<Duration> {
+    let mut total = 0.0;
+    for part in line.split_whitespace() {
+        let (minutes, seconds) = part.trim_end_matches('s').split_once('m')?;
+        total += minutes.parse::<f64>().ok()? * 60.0 + seconds.parse::<f64>().ok()?;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// Runs a publisher reading `input` lines from stdin, under bash so that `times` reports
+/// the CPU it used: what a client costs, even where the broker caps the rate.
+fn timed_publish(command: &[String], input: &[u8]) -> Cost {
+    let start = Instant::now();
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(r#""$@" && times"#)
+        .arg("publisher")
+        .args(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("publisher starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input)
+        .expect("publisher reads its input");
+    let out = support::wait_child_output(child, Duration::from_secs(300));
+    let wall = start.elapsed();
+    assert!(
+        out.status.success(),
+        "publisher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `times` prints the shell's own line, then its children's.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let cpu = stdout
+        .lines()
+        .nth(1)
+        .and_then(parse_times)
+        .expect("bash's times output");
+    Cost { wall, cpu }
+}
+
+fn command(program: &str, args: &[&str]) -> Vec<String> {
+    std::iter::once(program)
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect()
+}
+
+fn ours(port: &str, qos: &str) -> Vec<String> {
+    let args = ["pub", "-p", port, "-q", qos, "-t", "bench/ours", "-l"];
+    command(env!("CARGO_BIN_EXE_fieldgate"), &args)
+}
+
+fn reference(port: &str, qos: &str) -> Vec<String> {
+    let args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        port,
+        "-q",
+        qos,
+        "-t",
+        "bench/ref",
+        "-l",
+        "-V",
+        "mqttv5",
+    ];
+    command("mosquitto_pub", &args)
+}
+
+/// A `/proc/PID/status` figure in KiB ("VmRSS:", "RssAnon:").
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident memory of an idle subscriber once mosquitto has acknowledged its SUBSCRIBE:
+/// all of it, and the anonymous part (heap and stacks, without mapped files such as the
+/// shared C library, which every process on the box shares).
+fn idle_rss(broker: &Mosquitto, mut command: Command, id: &str) -> (u64, u64) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("subscriber starts");
+    support::wait_until(Duration::from_secs(10), "the subscriber subscribed", || {
+        broker
+            .log()
+            .lines()
+            .any(|l| l.contains("Sending SUBACK to") && l.contains(id))
+    });
+    let rss = status_kib(child.id(), "VmRSS:").expect("the subscriber's /proc status");
+    let anon = status_kib(child.id(), "RssAnon:").expect("the subscriber's /proc status");
+    let _ = child.kill();
+    let _ = child.wait();
+    (rss, anon)
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    if support::mosquitto_bin().is_none() || support::find_program("mosquitto_pub").is_none() {
+        if support::peers_required() {
+            panic!("mosquitto and mosquitto_pub are needed: run tests/run.sh");
+        }
+        println!("client benchmark skipped: mosquitto is not installed");
+        return;
+    }
+    let (messages, runs) = if full { (50_000, 5) } else { (500, 1) };
+    let broker = Mosquitto::start_with_config(&format!(
+        "max_inflight_messages {WINDOW}\nmax_queued_messages 0\n"
+    ));
+    let input = payload_lines(messages);
+    println!("client benchmark: {messages} messages of 100 bytes, {runs} runs each, best run");
+    let port = broker.port().to_string();
+    for qos in ["0", "1"] {
+        let mut ours_runs = Vec::new();
+        let mut ref_runs = Vec::new();
+        for _ in 0..runs {
+            ref_runs.push(timed_publish(&reference(&port, qos), &input));
+            ours_runs.push(timed_publish(&ours(&port, qos), &input));
+        }
+        let best = |r: &[Cost], f: fn(&Cost) -> Duration| r.iter().map(f).min().unwrap();
+        let (ours_wall, ref_wall) = (best(&ours_runs, |c| c.wall), best(&ref_runs, |c| c.wall));
+        let (ours_cpu, ref_cpu) = (best(&ours_runs, |c| c.cpu), best(&ref_runs, |c| c.cpu));
+        let rate = |d: Duration| messages as f64 / d.as_secs_f64();
+        let per_msg = |d: Duration| d.as_secs_f64() * 1e9 / messages as f64;
+        println!(
+            "QoS {qos}: fieldgate pub {:>8.0} msg/s, mosquitto_pub {:>8.0} msg/s: {:.2}x the rate",
+            rate(ours_wall),
+            rate(ref_wall),
+            rate(ours_wall) / rate(ref_wall),
+        );
+        println!(
+            "       CPU per message: fieldgate pub {:>5.0} ns, mosquitto_pub {:>5.0} ns: {:.2}x less",
+            per_msg(ours_cpu),
+            per_msg(ref_cpu),
+            ref_cpu.as_secs_f64() / ours_cpu.as_secs_f64(),
+        );
+    }
+    let mut ours_sub = Command::new(env!("CARGO_BIN_EXE_fieldgate"));
+    ours_sub.args(["sub", "-p", &port, "-t", "idle/#", "-i", "fg-idle"]);
+    let mut ref_sub = Command::new("mosquitto_sub");
+    ref_sub.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-t",
+        "idle/#",
+        "-i",
+        "mosq-idle",
+    ]);
+    let (ours_rss, ours_anon) = idle_rss(&broker, ours_sub, "fg-idle");
+    let (ref_rss, ref_anon) = idle_rss(&broker, ref_sub, "mosq-idle");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "idle subscriber RSS: fieldgate sub {:.2} MiB, mosquitto_sub {:.2} MiB: {:.2}x",
+        mib(ours_rss),
+        mib(ref_rss),
+        ours_rss as f64 / ref_rss as f64
+    );
+    println!(
+        "  anonymous part (heap, stacks): fieldgate sub {:.2} MiB, mosquitto_sub {:.2} MiB",
+        mib(ours_anon),
+        mib(ref_anon)
+    );
+}

@@ -2365,6 +2365,22 @@ fn acknowledgements_arriving_while_closing_still_complete_messages() {
 }
 
 #[test]
+fn nothing_is_sent_after_our_disconnect_not_even_an_acknowledgement() {
+    for protocol in BOTH {
+        let mut h = Harness::connected(protocol);
+        h.session
+            .disconnect(ReasonCode::NORMAL_DISCONNECTION, h.now);
+        assert_eq!(h.sent().len(), 1, "only DISCONNECT");
+        h.recv(Packet::Publish(inbound("late", QoS::AtLeastOnce, Some(7))));
+        h.advance(3600);
+        assert!(
+            h.sent().is_empty(),
+            "[MQTT-3.14.4-2]: nothing after DISCONNECT"
+        );
+    }
+}
+
+#[test]
 fn disconnect_while_offline_does_nothing() {
     let mut h = Harness::of(V5);
     h.session

@@ -904,8 +904,15 @@ impl ClientSession {
     /// Ends an outbound flow: frees the id and the window slot.
     fn complete(&mut self, id: PacketId) -> Option<Inflight> {
         let entry = self.inflight.remove(&id)?;
-        self.send_order.retain(|&i| i != id);
-        self.resend.retain(|&i| i != id);
+        // Acknowledgements mostly come in send order: the id is then at the front.
+        if self.send_order.front() == Some(&id) {
+            self.send_order.pop_front();
+        } else {
+            self.send_order.retain(|&i| i != id);
+        }
+        if !self.resend.is_empty() {
+            self.resend.retain(|&i| i != id);
+        }
         self.ids.release(id);
         Some(entry)
     }
@@ -1110,6 +1117,12 @@ impl ClientSession {
     }
 
     fn send(&mut self, packet: Packet) {
+        // After our DISCONNECT nothing more may be sent ([MQTT-3.14.4-2]): acknowledgements
+        // still complete our messages, but answers to the server stay unsent (it redelivers
+        // unacknowledged messages to the next session).
+        if self.state == State::Closing {
+            return;
+        }
         self.last_sent = self.now;
         self.out.push_back(packet);
     }

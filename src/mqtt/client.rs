@@ -120,22 +120,33 @@ pub enum ClientError {
     Tls(String),
 }
 
-/// The outcome of a QoS 1/2 publish, once the broker has acknowledged it.
+/// Why a message did not make it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The broker refused it (PUBACK/PUBREC reason code), or it cannot go to this broker
+    /// (too large, retain not available).
+    #[error("refused: {}", .0.name_for(crate::mqtt::packet::PacketType::PubAck))]
+    Refused(ReasonCode),
+    /// The session did not take it.
+    #[error("{0}")]
+    NotAccepted(ClientError),
+    /// The client stopped first; a QoS 1/2 message may still sit in its session.
+    #[error("the client stopped before the message was acknowledged")]
+    Stopped,
+}
+
+/// The outcome of one publish: acknowledged by the broker (QoS 1/2), or handed to the
+/// connection (QoS 0).
 #[derive(Debug)]
-pub struct Delivery(oneshot::Receiver<Result<(), ReasonCode>>);
+pub struct Delivery(oneshot::Receiver<Result<(), DeliveryError>>);
 
 impl Delivery {
-    /// Waits for PUBACK / PUBCOMP. `Err(Some(code))` if the broker refused the message,
-    /// `Err(None)` if the client stopped first (the message may still be in the session).
+    /// Waits for the outcome.
     ///
     /// # Cancel safety
     /// Dropping the future loses only the notification, never the message.
-    pub async fn delivered(self) -> Result<(), Option<ReasonCode>> {
-        match self.0.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(code)) => Err(Some(code)),
-            Err(_) => Err(None),
-        }
+    pub async fn delivered(self) -> Result<(), DeliveryError> {
+        self.0.await.unwrap_or(Err(DeliveryError::Stopped))
     }
 }
 
@@ -174,7 +185,9 @@ enum Request {
     Publish {
         // Boxed: a PUBLISH is large next to the other requests.
         message: Box<Publish>,
-        accepted: oneshot::Sender<Result<(PublishToken, Option<Delivery>), ClientError>>,
+        /// Told once the session has taken the message (for [`Handle::publish`]).
+        accepted: Option<oneshot::Sender<Result<(), ClientError>>>,
+        outcome: oneshot::Sender<Result<(), DeliveryError>>,
     },
     Subscribe {
         subscriptions: Vec<Subscription>,
@@ -210,21 +223,45 @@ impl Handle {
     /// Hands `message` to the session and returns once the session has accepted it (so
     /// it waits while the session's pending queue is full). QoS 1/2 messages then survive
     /// reconnects; the returned [`Delivery`] reports the broker's acknowledgement. QoS 0
-    /// returns `None` and fails with [`ClientError::NotConnected`] while offline.
+    /// messages fail with [`ClientError::NotConnected`] while offline.
     ///
     /// # Cancel safety
     /// If cancelled before it returns, the message may or may not have been accepted.
-    pub async fn publish(&self, message: Publish) -> Result<Option<Delivery>, ClientError> {
-        let (accepted, rx) = oneshot::channel();
+    pub async fn publish(&self, message: Publish) -> Result<Delivery, ClientError> {
+        let (accepted, accepted_rx) = oneshot::channel();
+        let (outcome, outcome_rx) = oneshot::channel();
+        self.send_publish(message, Some(accepted), outcome).await?;
+        accepted_rx.await.map_err(|_| ClientError::Stopped)??;
+        Ok(Delivery(outcome_rx))
+    }
+
+    /// Queues `message` for the client and returns without waiting for the session to
+    /// take it; everything else is the [`Delivery`]'s to report. Messages queued one after
+    /// another keep their order. This lets a producer keep many messages in the pipe (the
+    /// client then writes them in batches); the request queue bounds how many.
+    ///
+    /// # Cancel safety
+    /// If cancelled, the message was either queued (and will be sent) or not at all.
+    pub async fn enqueue(&self, message: Publish) -> Result<Delivery, ClientError> {
+        let (outcome, outcome_rx) = oneshot::channel();
+        self.send_publish(message, None, outcome).await?;
+        Ok(Delivery(outcome_rx))
+    }
+
+    async fn send_publish(
+        &self,
+        message: Publish,
+        accepted: Option<oneshot::Sender<Result<(), ClientError>>>,
+        outcome: oneshot::Sender<Result<(), DeliveryError>>,
+    ) -> Result<(), ClientError> {
         self.requests
             .send(Request::Publish {
                 message: Box::new(message),
                 accepted,
+                outcome,
             })
             .await
-            .map_err(|_| ClientError::Stopped)?;
-        let (_, delivery) = rx.await.map_err(|_| ClientError::Stopped)??;
-        Ok(delivery)
+            .map_err(|_| ClientError::Stopped)
     }
 
     /// Subscribes and waits for SUBACK: one reason code per subscription (the granted
@@ -315,7 +352,7 @@ struct Task {
     session: ClientSession,
     requests: mpsc::Receiver<Request>,
     events: mpsc::Sender<ClientEvent>,
-    deliveries: HashMap<PublishToken, oneshot::Sender<Result<(), ReasonCode>>>,
+    deliveries: HashMap<PublishToken, oneshot::Sender<Result<(), DeliveryError>>>,
     subscribes: HashMap<RequestToken, Answer>,
     /// A publish waiting for room in the session's pending queue.
     held: Option<Request>,
@@ -475,7 +512,7 @@ impl Task {
                 request = self.requests.recv(), if accepting => match request {
                     Some(request) => {
                         self.handle_request(request);
-                        self.take_more_requests().await;
+                        self.take_more_requests();
                     }
                     // Every handle is gone: nobody can publish any more, so finish.
                     None => {
@@ -550,23 +587,37 @@ impl Task {
     fn handle_request(&mut self, request: Request) {
         let now = Instant::now().into_std();
         match request {
-            Request::Publish { message, accepted } => {
+            Request::Publish {
+                message,
+                accepted,
+                outcome,
+            } => {
                 let qos0 = message.qos == crate::mqtt::packet::QoS::AtMostOnce;
                 if !qos0 && !self.session.can_accept_publish() {
-                    self.held = Some(Request::Publish { message, accepted });
+                    self.held = Some(Request::Publish {
+                        message,
+                        accepted,
+                        outcome,
+                    });
                     return;
                 }
                 let result = match self.session.publish(*message, now) {
-                    Ok(token) if qos0 => Ok((token, None)),
                     Ok(token) => {
-                        let (tx, rx) = oneshot::channel();
-                        self.deliveries.insert(token, tx);
-                        Ok((token, Some(Delivery(rx))))
+                        self.deliveries.insert(token, outcome);
+                        Ok(())
                     }
-                    Err(SessionError::NotConnected) => Err(ClientError::NotConnected),
-                    Err(e) => Err(ClientError::Session(e)),
+                    Err(e) => {
+                        let e = match e {
+                            SessionError::NotConnected => ClientError::NotConnected,
+                            e => ClientError::Session(e),
+                        };
+                        let _ = outcome.send(Err(DeliveryError::NotAccepted(e.clone())));
+                        Err(e)
+                    }
                 };
-                let _ = accepted.send(result);
+                if let Some(accepted) = accepted {
+                    let _ = accepted.send(result);
+                }
             }
             Request::Subscribe {
                 subscriptions,
@@ -608,12 +659,10 @@ impl Task {
         }
     }
 
-    /// After one request, lets the producers run and takes what they queued meanwhile, so
-    /// that a burst of small publishes shares one write instead of one syscall each. Stops
-    /// at [`BATCH`] requests, when nothing new came, or when the session is full.
-    async fn take_more_requests(&mut self) {
+    /// After one request, takes those already queued behind it (up to [`BATCH`]), so that
+    /// a burst of publishes shares one write instead of costing a syscall each.
+    fn take_more_requests(&mut self) {
         for _ in 0..BATCH {
-            tokio::task::yield_now().await;
             if self.held.is_some() || self.stopping.is_some() {
                 return;
             }
@@ -645,7 +694,7 @@ impl Task {
             }
             Event::PublishFailed { token, reason } => {
                 if let Some(tx) = self.deliveries.remove(&token) {
-                    let _ = tx.send(Err(reason));
+                    let _ = tx.send(Err(DeliveryError::Refused(reason)));
                 }
             }
             Event::Subscribed {
@@ -701,8 +750,14 @@ impl Task {
     fn fail_waiters(&mut self) {
         self.fail_subscribes(ClientError::Stopped);
         self.deliveries.clear();
-        if let Some(Request::Publish { accepted, .. }) = self.held.take() {
-            let _ = accepted.send(Err(ClientError::Stopped));
+        if let Some(Request::Publish {
+            accepted, outcome, ..
+        }) = self.held.take()
+        {
+            if let Some(accepted) = accepted {
+                let _ = accepted.send(Err(ClientError::Stopped));
+            }
+            let _ = outcome.send(Err(DeliveryError::Stopped));
         }
     }
 }

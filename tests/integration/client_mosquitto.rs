@@ -108,9 +108,7 @@ async fn our_publishes_reach_mosquitto_sub(protocol: ProtocolVersion) {
         (QoS::ExactlyOnce, "fg/out/q2"),
     ] {
         let delivery = handle.publish(message(topic, qos, b"hello")).await.unwrap();
-        if let Some(delivery) = delivery {
-            delivery.delivered().await.unwrap();
-        }
+        delivery.delivered().await.unwrap();
     }
     let out = support::wait_child_output(sub, DEADLINE);
     let text = String::from_utf8_lossy(&out.stdout);

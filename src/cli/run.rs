@@ -117,7 +117,7 @@ pub async fn publish(opts: PubOptions) -> Outcome {
         Ok(connected) => connected,
         Err(outcome) => return outcome,
     };
-    let mut deliveries = Vec::new();
+    let mut deliveries = Deliveries::default();
     let sent = match &opts.message {
         MessageSource::Message(payload) => {
             send(&handle, &opts, payload.clone(), &mut deliveries).await
@@ -150,37 +150,59 @@ pub async fn publish(opts: PubOptions) -> Outcome {
             }
         }
     };
-    let mut outcome = match sent {
-        Ok(()) => Outcome::ok(),
-        Err(outcome) => outcome,
+    let outcome = match (sent, deliveries.finish().await) {
+        (Err(outcome), _) | (Ok(()), Err(outcome)) => outcome,
+        (Ok(()), Ok(())) => Outcome::ok(),
     };
-    for delivery in deliveries {
-        if let Err(code) = delivery.delivered().await
-            && outcome.code == EXIT_OK
-        {
-            outcome = Outcome::fail(
-                EXIT_ERROR,
-                match code {
-                    Some(code) => format!(
-                        "the broker refused a message: {}",
-                        code.name_for(fieldgate::mqtt::packet::PacketType::PubAck)
-                    ),
-                    None => "the connection ended before every message was acknowledged".into(),
-                },
-            );
-        }
-    }
     handle.disconnect().await;
     outcome
 }
 
-/// Publishes one message; QoS 1/2 deliveries are collected and awaited at the end, so a
-/// stream of `-l` lines keeps the session's window full instead of going one at a time.
+/// Outcomes of messages queued and not yet confirmed. Bounded: past [`IN_FLIGHT`] the
+/// oldest is awaited before another message is queued, so `-l` on a long stream keeps
+/// memory flat while the client still gets a full pipe to batch from.
+#[derive(Default)]
+struct Deliveries {
+    waiting: std::collections::VecDeque<Delivery>,
+    first_failure: Option<Outcome>,
+}
+
+const IN_FLIGHT: usize = 1024;
+
+impl Deliveries {
+    async fn push(&mut self, delivery: Delivery) {
+        self.waiting.push_back(delivery);
+        if self.waiting.len() > IN_FLIGHT
+            && let Some(oldest) = self.waiting.pop_front()
+        {
+            self.settle(oldest).await;
+        }
+    }
+
+    async fn settle(&mut self, delivery: Delivery) {
+        if let Err(e) = delivery.delivered().await
+            && self.first_failure.is_none()
+        {
+            self.first_failure = Some(Outcome::fail(EXIT_ERROR, e.to_string()));
+        }
+    }
+
+    /// Waits for every outcome; the first failure, if any, decides the exit.
+    async fn finish(mut self) -> Result<(), Outcome> {
+        while let Some(delivery) = self.waiting.pop_front() {
+            self.settle(delivery).await;
+        }
+        self.first_failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Queues one message without waiting for it, so a stream of `-l` lines keeps the
+/// session's window full and the client writes them in batches.
 async fn send(
     handle: &Handle,
     opts: &PubOptions,
     payload: Bytes,
-    deliveries: &mut Vec<Delivery>,
+    deliveries: &mut Deliveries,
 ) -> Result<(), Outcome> {
     let message = Publish {
         dup: false,
@@ -191,12 +213,11 @@ async fn send(
         payload,
         properties: PublishProperties::default(),
     };
-    match handle.publish(message).await {
-        Ok(Some(delivery)) => {
-            deliveries.push(delivery);
+    match handle.enqueue(message).await {
+        Ok(delivery) => {
+            deliveries.push(delivery).await;
             Ok(())
         }
-        Ok(None) => Ok(()),
         Err(e) => Err(Outcome::fail(EXIT_ERROR, e.to_string())),
     }
 }

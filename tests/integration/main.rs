@@ -6,6 +6,7 @@
 
 mod cli;
 mod cli_pub_sub;
+mod client_faults;
 mod client_mosquitto;
 mod client_session;
 mod codec_fixtures;

@@ -155,7 +155,7 @@ fn main() {
         println!("client benchmark skipped: mosquitto is not installed");
         return;
     }
-    let (messages, runs) = if full { (50_000, 5) } else { (500, 1) };
+    let (messages, runs) = if full { (200_000, 5) } else { (500, 1) };
     let broker = Mosquitto::start_with_config(&format!(
         "max_inflight_messages {WINDOW}\nmax_queued_messages 0\n"
     ));

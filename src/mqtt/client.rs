@@ -4,8 +4,9 @@
 //! from [`Events`].
 //!
 //! It owns sockets, TLS and the clock; every protocol decision stays in the session.
-//! Writes happen outside `select!`: each turn drains what the session wants sent, writes
-//! it, then waits for exactly one input (bytes, a request or a timer).
+//! Each turn drains what the session wants sent and writes it, then waits for exactly one
+//! input (bytes, a request or a timer). A write races only the session's timers (a stalled
+//! link must still time out), never reads or requests, and keeps its unwritten rest.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

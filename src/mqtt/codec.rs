@@ -882,18 +882,6 @@ trait PropertySet {
     fn write<S: Sink>(&self, s: &mut S);
 }
 
-/// Stores a property that may appear only once.
-fn once<T>(slot: &mut Option<T>, value: T, id: u8, r: &Reader) -> Result<(), DecodeError> {
-    if slot.is_some() {
-        return Err(DecodeError::DuplicateProperty {
-            packet: r.packet,
-            id,
-        });
-    }
-    *slot = Some(value);
-    Ok(())
-}
-
 fn not_allowed(id: u8, r: &Reader) -> DecodeError {
     DecodeError::PropertyNotAllowed {
         packet: r.packet,
@@ -910,6 +898,44 @@ fn invalid_value(id: u8, value: u32, r: &Reader) -> DecodeError {
 }
 
 impl Reader {
+    /// Reads a property that may appear only once with `read` and stores it in `slot`;
+    /// a second occurrence is a Protocol Error.
+    fn once<T>(
+        &mut self,
+        slot: &mut Option<T>,
+        pid: u8,
+        read: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<(), DecodeError> {
+        if slot.is_some() {
+            return Err(DecodeError::DuplicateProperty {
+                packet: self.packet,
+                id: pid,
+            });
+        }
+        *slot = Some(read(self)?);
+        Ok(())
+    }
+
+    /// A User Property, which may repeat: kept in order.
+    fn user_property_into(&mut self, list: &mut Vec<UserProperty>) -> Result<(), DecodeError> {
+        list.push(self.user_property()?);
+        Ok(())
+    }
+
+    /// Maximum QoS: 0 or 1 (a server that supports QoS 2 leaves it out).
+    fn prop_maximum_qos(&mut self, pid: u8) -> Result<QoS, DecodeError> {
+        match self.u8("Maximum QoS")? {
+            0 => Ok(QoS::AtMostOnce),
+            1 => Ok(QoS::AtLeastOnce),
+            other => Err(invalid_value(pid, u32::from(other), self)),
+        }
+    }
+
+    fn prop_topic_alias(&mut self) -> Result<NonZeroU16, DecodeError> {
+        let v = self.u16("Topic Alias")?;
+        NonZeroU16::new(v).ok_or(DecodeError::ZeroTopicAlias)
+    }
+
     /// A Byte property that is a boolean: only 0 and 1 are valid.
     fn prop_bool(&mut self, id: u8) -> Result<bool, DecodeError> {
         match self.u8("property value")? {
@@ -953,42 +979,35 @@ impl Reader {
 impl PropertySet for ConnectProperties {
     fn read(&mut self, pid: u8, r: &mut Reader) -> Result<(), DecodeError> {
         match pid {
-            id::SESSION_EXPIRY_INTERVAL => {
-                let v = r.u32("Session Expiry Interval")?;
-                once(&mut self.session_expiry_interval, v, pid, r)
-            }
+            id::SESSION_EXPIRY_INTERVAL => r.once(&mut self.session_expiry_interval, pid, |r| {
+                r.u32("Session Expiry Interval")
+            }),
             id::RECEIVE_MAXIMUM => {
-                let v = r.prop_non_zero_u16(pid)?;
-                once(&mut self.receive_maximum, v, pid, r)
+                r.once(&mut self.receive_maximum, pid, |r| r.prop_non_zero_u16(pid))
             }
-            id::MAXIMUM_PACKET_SIZE => {
-                let v = r.prop_non_zero_u32(pid)?;
-                once(&mut self.maximum_packet_size, v, pid, r)
-            }
-            id::TOPIC_ALIAS_MAXIMUM => {
-                let v = r.u16("Topic Alias Maximum")?;
-                once(&mut self.topic_alias_maximum, v, pid, r)
-            }
+            id::MAXIMUM_PACKET_SIZE => r.once(&mut self.maximum_packet_size, pid, |r| {
+                r.prop_non_zero_u32(pid)
+            }),
+            id::TOPIC_ALIAS_MAXIMUM => r.once(&mut self.topic_alias_maximum, pid, |r| {
+                r.u16("Topic Alias Maximum")
+            }),
             id::REQUEST_RESPONSE_INFORMATION => {
-                let v = r.prop_bool(pid)?;
-                once(&mut self.request_response_information, v, pid, r)
+                r.once(&mut self.request_response_information, pid, |r| {
+                    r.prop_bool(pid)
+                })
             }
             id::REQUEST_PROBLEM_INFORMATION => {
-                let v = r.prop_bool(pid)?;
-                once(&mut self.request_problem_information, v, pid, r)
+                r.once(&mut self.request_problem_information, pid, |r| {
+                    r.prop_bool(pid)
+                })
             }
-            id::AUTHENTICATION_METHOD => {
-                let v = r.string("Authentication Method")?;
-                once(&mut self.authentication_method, v, pid, r)
-            }
-            id::AUTHENTICATION_DATA => {
-                let v = r.binary("Authentication Data")?;
-                once(&mut self.authentication_data, v, pid, r)
-            }
-            id::USER_PROPERTY => {
-                self.user_properties.push(r.user_property()?);
-                Ok(())
-            }
+            id::AUTHENTICATION_METHOD => r.once(&mut self.authentication_method, pid, |r| {
+                r.string("Authentication Method")
+            }),
+            id::AUTHENTICATION_DATA => r.once(&mut self.authentication_data, pid, |r| {
+                r.binary("Authentication Data")
+            }),
+            id::USER_PROPERTY => r.user_property_into(&mut self.user_properties),
             _ => Err(not_allowed(pid, r)),
         }
     }
@@ -1033,34 +1052,23 @@ impl PropertySet for ConnectProperties {
 impl PropertySet for WillProperties {
     fn read(&mut self, pid: u8, r: &mut Reader) -> Result<(), DecodeError> {
         match pid {
-            id::WILL_DELAY_INTERVAL => {
-                let v = r.u32("Will Delay Interval")?;
-                once(&mut self.will_delay_interval, v, pid, r)
-            }
-            id::PAYLOAD_FORMAT_INDICATOR => {
-                let v = r.prop_payload_format(pid)?;
-                once(&mut self.payload_format_indicator, v, pid, r)
-            }
-            id::MESSAGE_EXPIRY_INTERVAL => {
-                let v = r.u32("Message Expiry Interval")?;
-                once(&mut self.message_expiry_interval, v, pid, r)
-            }
-            id::CONTENT_TYPE => {
-                let v = r.string("Content Type")?;
-                once(&mut self.content_type, v, pid, r)
-            }
-            id::RESPONSE_TOPIC => {
-                let v = r.topic_name("Response Topic")?;
-                once(&mut self.response_topic, v, pid, r)
-            }
-            id::CORRELATION_DATA => {
-                let v = r.binary("Correlation Data")?;
-                once(&mut self.correlation_data, v, pid, r)
-            }
-            id::USER_PROPERTY => {
-                self.user_properties.push(r.user_property()?);
-                Ok(())
-            }
+            id::WILL_DELAY_INTERVAL => r.once(&mut self.will_delay_interval, pid, |r| {
+                r.u32("Will Delay Interval")
+            }),
+            id::PAYLOAD_FORMAT_INDICATOR => r.once(&mut self.payload_format_indicator, pid, |r| {
+                r.prop_payload_format(pid)
+            }),
+            id::MESSAGE_EXPIRY_INTERVAL => r.once(&mut self.message_expiry_interval, pid, |r| {
+                r.u32("Message Expiry Interval")
+            }),
+            id::CONTENT_TYPE => r.once(&mut self.content_type, pid, |r| r.string("Content Type")),
+            id::RESPONSE_TOPIC => r.once(&mut self.response_topic, pid, |r| {
+                r.topic_name("Response Topic")
+            }),
+            id::CORRELATION_DATA => r.once(&mut self.correlation_data, pid, |r| {
+                r.binary("Correlation Data")
+            }),
+            id::USER_PROPERTY => r.user_property_into(&mut self.user_properties),
             _ => Err(not_allowed(pid, r)),
         }
     }
@@ -1087,78 +1095,59 @@ impl PropertySet for WillProperties {
 impl PropertySet for ConnAckProperties {
     fn read(&mut self, pid: u8, r: &mut Reader) -> Result<(), DecodeError> {
         match pid {
-            id::SESSION_EXPIRY_INTERVAL => {
-                let v = r.u32("Session Expiry Interval")?;
-                once(&mut self.session_expiry_interval, v, pid, r)
-            }
+            id::SESSION_EXPIRY_INTERVAL => r.once(&mut self.session_expiry_interval, pid, |r| {
+                r.u32("Session Expiry Interval")
+            }),
             id::RECEIVE_MAXIMUM => {
-                let v = r.prop_non_zero_u16(pid)?;
-                once(&mut self.receive_maximum, v, pid, r)
+                r.once(&mut self.receive_maximum, pid, |r| r.prop_non_zero_u16(pid))
             }
-            id::MAXIMUM_QOS => {
-                let v = match r.u8("Maximum QoS")? {
-                    0 => QoS::AtMostOnce,
-                    1 => QoS::AtLeastOnce,
-                    other => return Err(invalid_value(pid, u32::from(other), r)),
-                };
-                once(&mut self.maximum_qos, v, pid, r)
-            }
-            id::RETAIN_AVAILABLE => {
-                let v = r.prop_bool(pid)?;
-                once(&mut self.retain_available, v, pid, r)
-            }
-            id::MAXIMUM_PACKET_SIZE => {
-                let v = r.prop_non_zero_u32(pid)?;
-                once(&mut self.maximum_packet_size, v, pid, r)
-            }
+            id::MAXIMUM_QOS => r.once(&mut self.maximum_qos, pid, |r| r.prop_maximum_qos(pid)),
+            id::RETAIN_AVAILABLE => r.once(&mut self.retain_available, pid, |r| r.prop_bool(pid)),
+            id::MAXIMUM_PACKET_SIZE => r.once(&mut self.maximum_packet_size, pid, |r| {
+                r.prop_non_zero_u32(pid)
+            }),
             id::ASSIGNED_CLIENT_IDENTIFIER => {
-                let v = r.string("Assigned Client Identifier")?;
-                once(&mut self.assigned_client_identifier, v, pid, r)
+                r.once(&mut self.assigned_client_identifier, pid, |r| {
+                    r.string("Assigned Client Identifier")
+                })
             }
-            id::TOPIC_ALIAS_MAXIMUM => {
-                let v = r.u16("Topic Alias Maximum")?;
-                once(&mut self.topic_alias_maximum, v, pid, r)
-            }
+            id::TOPIC_ALIAS_MAXIMUM => r.once(&mut self.topic_alias_maximum, pid, |r| {
+                r.u16("Topic Alias Maximum")
+            }),
             id::REASON_STRING => {
-                let v = r.string("Reason String")?;
-                once(&mut self.reason_string, v, pid, r)
+                r.once(&mut self.reason_string, pid, |r| r.string("Reason String"))
             }
-            id::USER_PROPERTY => {
-                self.user_properties.push(r.user_property()?);
-                Ok(())
-            }
+            id::USER_PROPERTY => r.user_property_into(&mut self.user_properties),
             id::WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                let v = r.prop_bool(pid)?;
-                once(&mut self.wildcard_subscription_available, v, pid, r)
+                r.once(&mut self.wildcard_subscription_available, pid, |r| {
+                    r.prop_bool(pid)
+                })
             }
             id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                let v = r.prop_bool(pid)?;
-                once(&mut self.subscription_identifiers_available, v, pid, r)
+                r.once(&mut self.subscription_identifiers_available, pid, |r| {
+                    r.prop_bool(pid)
+                })
             }
             id::SHARED_SUBSCRIPTION_AVAILABLE => {
-                let v = r.prop_bool(pid)?;
-                once(&mut self.shared_subscription_available, v, pid, r)
+                r.once(&mut self.shared_subscription_available, pid, |r| {
+                    r.prop_bool(pid)
+                })
             }
-            id::SERVER_KEEP_ALIVE => {
-                let v = r.u16("Server Keep Alive")?;
-                once(&mut self.server_keep_alive, v, pid, r)
-            }
-            id::RESPONSE_INFORMATION => {
-                let v = r.string("Response Information")?;
-                once(&mut self.response_information, v, pid, r)
-            }
-            id::SERVER_REFERENCE => {
-                let v = r.string("Server Reference")?;
-                once(&mut self.server_reference, v, pid, r)
-            }
-            id::AUTHENTICATION_METHOD => {
-                let v = r.string("Authentication Method")?;
-                once(&mut self.authentication_method, v, pid, r)
-            }
-            id::AUTHENTICATION_DATA => {
-                let v = r.binary("Authentication Data")?;
-                once(&mut self.authentication_data, v, pid, r)
-            }
+            id::SERVER_KEEP_ALIVE => r.once(&mut self.server_keep_alive, pid, |r| {
+                r.u16("Server Keep Alive")
+            }),
+            id::RESPONSE_INFORMATION => r.once(&mut self.response_information, pid, |r| {
+                r.string("Response Information")
+            }),
+            id::SERVER_REFERENCE => r.once(&mut self.server_reference, pid, |r| {
+                r.string("Server Reference")
+            }),
+            id::AUTHENTICATION_METHOD => r.once(&mut self.authentication_method, pid, |r| {
+                r.string("Authentication Method")
+            }),
+            id::AUTHENTICATION_DATA => r.once(&mut self.authentication_data, pid, |r| {
+                r.binary("Authentication Data")
+            }),
             _ => Err(not_allowed(pid, r)),
         }
     }
@@ -1223,41 +1212,27 @@ impl PropertySet for ConnAckProperties {
 impl PropertySet for PublishProperties {
     fn read(&mut self, pid: u8, r: &mut Reader) -> Result<(), DecodeError> {
         match pid {
-            id::PAYLOAD_FORMAT_INDICATOR => {
-                let v = r.prop_payload_format(pid)?;
-                once(&mut self.payload_format_indicator, v, pid, r)
-            }
-            id::MESSAGE_EXPIRY_INTERVAL => {
-                let v = r.u32("Message Expiry Interval")?;
-                once(&mut self.message_expiry_interval, v, pid, r)
-            }
-            id::TOPIC_ALIAS => {
-                let v = r.u16("Topic Alias")?;
-                let v = NonZeroU16::new(v).ok_or(DecodeError::ZeroTopicAlias)?;
-                once(&mut self.topic_alias, v, pid, r)
-            }
-            id::RESPONSE_TOPIC => {
-                let v = r.topic_name("Response Topic")?;
-                once(&mut self.response_topic, v, pid, r)
-            }
-            id::CORRELATION_DATA => {
-                let v = r.binary("Correlation Data")?;
-                once(&mut self.correlation_data, v, pid, r)
-            }
-            id::USER_PROPERTY => {
-                self.user_properties.push(r.user_property()?);
-                Ok(())
-            }
+            id::PAYLOAD_FORMAT_INDICATOR => r.once(&mut self.payload_format_indicator, pid, |r| {
+                r.prop_payload_format(pid)
+            }),
+            id::MESSAGE_EXPIRY_INTERVAL => r.once(&mut self.message_expiry_interval, pid, |r| {
+                r.u32("Message Expiry Interval")
+            }),
+            id::TOPIC_ALIAS => r.once(&mut self.topic_alias, pid, |r| r.prop_topic_alias()),
+            id::RESPONSE_TOPIC => r.once(&mut self.response_topic, pid, |r| {
+                r.topic_name("Response Topic")
+            }),
+            id::CORRELATION_DATA => r.once(&mut self.correlation_data, pid, |r| {
+                r.binary("Correlation Data")
+            }),
+            id::USER_PROPERTY => r.user_property_into(&mut self.user_properties),
             id::SUBSCRIPTION_IDENTIFIER => {
                 // Repeats when several of the receiver's subscriptions matched.
                 let v = r.prop_subscription_id(pid)?;
                 self.subscription_identifiers.push(v);
                 Ok(())
             }
-            id::CONTENT_TYPE => {
-                let v = r.string("Content Type")?;
-                once(&mut self.content_type, v, pid, r)
-            }
+            id::CONTENT_TYPE => r.once(&mut self.content_type, pid, |r| r.string("Content Type")),
             _ => Err(not_allowed(pid, r)),
         }
     }
@@ -1289,13 +1264,9 @@ impl PropertySet for AckProperties {
     fn read(&mut self, pid: u8, r: &mut Reader) -> Result<(), DecodeError> {
         match pid {
             id::REASON_STRING => {
-                let v = r.string("Reason String")?;
-                once(&mut self.reason_string, v, pid, r)
+                r.once(&mut self.reason_string, pid, |r| r.string("Reason String"))
             }
-            id::USER_PROPERTY => {
-                self.user_properties.push(r.user_property()?);
-                Ok(())
-            }
+            id::USER_PROPERTY => r.user_property_into(&mut self.user_properties),
             _ => Err(not_allowed(pid, r)),
         }
     }
@@ -1309,14 +1280,10 @@ impl PropertySet for AckProperties {
 impl PropertySet for SubscribeProperties {
     fn read(&mut self, pid: u8, r: &mut Reader) -> Result<(), DecodeError> {
         match pid {
-            id::SUBSCRIPTION_IDENTIFIER => {
-                let v = r.prop_subscription_id(pid)?;
-                once(&mut self.subscription_identifier, v, pid, r)
-            }
-            id::USER_PROPERTY => {
-                self.user_properties.push(r.user_property()?);
-                Ok(())
-            }
+            id::SUBSCRIPTION_IDENTIFIER => r.once(&mut self.subscription_identifier, pid, |r| {
+                r.prop_subscription_id(pid)
+            }),
+            id::USER_PROPERTY => r.user_property_into(&mut self.user_properties),
             _ => Err(not_allowed(pid, r)),
         }
     }
@@ -1333,10 +1300,7 @@ impl PropertySet for SubscribeProperties {
 impl PropertySet for UnsubscribeProperties {
     fn read(&mut self, pid: u8, r: &mut Reader) -> Result<(), DecodeError> {
         match pid {
-            id::USER_PROPERTY => {
-                self.user_properties.push(r.user_property()?);
-                Ok(())
-            }
+            id::USER_PROPERTY => r.user_property_into(&mut self.user_properties),
             _ => Err(not_allowed(pid, r)),
         }
     }
@@ -1349,22 +1313,16 @@ impl PropertySet for UnsubscribeProperties {
 impl PropertySet for DisconnectProperties {
     fn read(&mut self, pid: u8, r: &mut Reader) -> Result<(), DecodeError> {
         match pid {
-            id::SESSION_EXPIRY_INTERVAL => {
-                let v = r.u32("Session Expiry Interval")?;
-                once(&mut self.session_expiry_interval, v, pid, r)
-            }
+            id::SESSION_EXPIRY_INTERVAL => r.once(&mut self.session_expiry_interval, pid, |r| {
+                r.u32("Session Expiry Interval")
+            }),
             id::REASON_STRING => {
-                let v = r.string("Reason String")?;
-                once(&mut self.reason_string, v, pid, r)
+                r.once(&mut self.reason_string, pid, |r| r.string("Reason String"))
             }
-            id::USER_PROPERTY => {
-                self.user_properties.push(r.user_property()?);
-                Ok(())
-            }
-            id::SERVER_REFERENCE => {
-                let v = r.string("Server Reference")?;
-                once(&mut self.server_reference, v, pid, r)
-            }
+            id::USER_PROPERTY => r.user_property_into(&mut self.user_properties),
+            id::SERVER_REFERENCE => r.once(&mut self.server_reference, pid, |r| {
+                r.string("Server Reference")
+            }),
             _ => Err(not_allowed(pid, r)),
         }
     }
@@ -1380,22 +1338,16 @@ impl PropertySet for DisconnectProperties {
 impl PropertySet for AuthProperties {
     fn read(&mut self, pid: u8, r: &mut Reader) -> Result<(), DecodeError> {
         match pid {
-            id::AUTHENTICATION_METHOD => {
-                let v = r.string("Authentication Method")?;
-                once(&mut self.authentication_method, v, pid, r)
-            }
-            id::AUTHENTICATION_DATA => {
-                let v = r.binary("Authentication Data")?;
-                once(&mut self.authentication_data, v, pid, r)
-            }
+            id::AUTHENTICATION_METHOD => r.once(&mut self.authentication_method, pid, |r| {
+                r.string("Authentication Method")
+            }),
+            id::AUTHENTICATION_DATA => r.once(&mut self.authentication_data, pid, |r| {
+                r.binary("Authentication Data")
+            }),
             id::REASON_STRING => {
-                let v = r.string("Reason String")?;
-                once(&mut self.reason_string, v, pid, r)
+                r.once(&mut self.reason_string, pid, |r| r.string("Reason String"))
             }
-            id::USER_PROPERTY => {
-                self.user_properties.push(r.user_property()?);
-                Ok(())
-            }
+            id::USER_PROPERTY => r.user_property_into(&mut self.user_properties),
             _ => Err(not_allowed(pid, r)),
         }
     }

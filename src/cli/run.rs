@@ -134,7 +134,9 @@ pub async fn publish(opts: PubOptions) -> Outcome {
             }
         }
         MessageSource::StdinLines => {
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            // Large reads: tokio reads stdin on a helper thread, one hand-over per read.
+            let mut lines =
+                tokio::io::BufReader::with_capacity(1 << 16, tokio::io::stdin()).lines();
             loop {
                 match lines.next_line().await {
                     Ok(Some(line)) => {

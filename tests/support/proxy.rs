@@ -155,10 +155,10 @@ impl Drop for Proxy {
         };
         // Wake the acceptor from its blocking accept(); it sees `stopped` and returns. If
         // even that connect fails, leave the thread rather than hang the test in join.
-        if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok() {
-            if let Some(acceptor) = self.acceptor.take() {
-                let _ = acceptor.join();
-            }
+        if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok()
+            && let Some(acceptor) = self.acceptor.take()
+        {
+            let _ = acceptor.join();
         }
         for pump in pumps {
             let _ = pump.join();

@@ -267,6 +267,9 @@ impl Handle {
 
     /// Subscribes and waits for SUBACK: one reason code per subscription (the granted
     /// QoS, or an error code). Made again automatically if the broker loses our session.
+    ///
+    /// # Cancel safety
+    /// If cancelled, the request may still be carried out; only its answer is lost.
     pub async fn subscribe(
         &self,
         subscriptions: Vec<Subscription>,
@@ -283,6 +286,9 @@ impl Handle {
     }
 
     /// Unsubscribes and waits for UNSUBACK (5.0 reason codes; empty under 3.1.1).
+    ///
+    /// # Cancel safety
+    /// If cancelled, the request may still be carried out; only its answer is lost.
     pub async fn unsubscribe(
         &self,
         filters: Vec<TopicFilter>,
@@ -297,6 +303,9 @@ impl Handle {
 
     /// Sends DISCONNECT (so the broker drops our will), closes the connection and stops
     /// the client. Returns when that is done.
+    ///
+    /// # Cancel safety
+    /// If cancelled after the request was queued, the client still disconnects and stops.
     pub async fn disconnect(&self) {
         let (done, rx) = oneshot::channel();
         if self

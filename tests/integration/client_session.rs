@@ -2381,6 +2381,14 @@ fn nothing_is_sent_after_our_disconnect_not_even_an_acknowledgement() {
 }
 
 #[test]
+fn a_maximum_packet_size_of_zero_means_no_limit_of_our_own() {
+    let mut config = ClientConfig::new(V5, MqttString::try_from("zero-limit").unwrap());
+    config.maximum_packet_size = 0;
+    let session = ClientSession::new(config);
+    assert_eq!(session.max_incoming_packet_size(), u32::MAX);
+}
+
+#[test]
 fn disconnect_while_offline_does_nothing() {
     let mut h = Harness::of(V5);
     h.session

@@ -42,7 +42,8 @@ pub struct ClientConfig {
     pub session_expiry_interval: u32,
     /// How many inbound QoS 1/2 messages we accept unacknowledged (5.0 Receive Maximum).
     pub receive_maximum: NonZeroU16,
-    /// Largest packet we accept; the driver passes it to the decoder.
+    /// Largest packet we accept; the driver passes it to the decoder. 0 means no limit of
+    /// our own (the protocol's 268,435,460 bytes), and CONNECT then leaves it out.
     pub maximum_packet_size: u32,
     /// Inbound topic aliases we accept (5.0); 0 refuses them.
     pub topic_alias_maximum: u16,
@@ -338,7 +339,10 @@ impl ClientSession {
 
     /// Largest packet to accept from the server: give it to the decoder.
     pub fn max_incoming_packet_size(&self) -> u32 {
-        self.config.maximum_packet_size
+        match self.config.maximum_packet_size {
+            0 => u32::MAX,
+            limit => limit,
+        }
     }
 
     /// Outbound QoS 1/2 messages sent and not yet acknowledged.

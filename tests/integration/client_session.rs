@@ -2389,6 +2389,74 @@ fn a_maximum_packet_size_of_zero_means_no_limit_of_our_own() {
 }
 
 #[test]
+fn a_resend_the_new_server_cannot_take_fails_instead_of_ending_every_reconnect() {
+    let mut h = Harness::persistent(V5);
+    h.connect(false);
+    h.events();
+    let mut retained = message("kept", QoS::AtLeastOnce);
+    retained.retain = true;
+    let token = h.publish_msg(retained).unwrap();
+    assert_eq!(publishes(&h.sent()).len(), 1);
+    h.close();
+    h.events();
+    let no_retain = ConnAckProperties {
+        retain_available: Some(false),
+        ..ConnAckProperties::default()
+    };
+    let resent = h.connect_with(true, no_retain);
+    assert!(publishes(&resent).is_empty(), "resent {resent:?}");
+    assert_eq!(
+        h.events(),
+        [
+            Event::Connected {
+                session_present: true
+            },
+            Event::PublishFailed {
+                token,
+                reason: ReasonCode::RETAIN_NOT_SUPPORTED
+            }
+        ]
+    );
+    assert_eq!(h.session.inflight_len(), 0);
+}
+
+#[test]
+fn a_topic_alias_set_by_the_caller_is_not_sent() {
+    for use_aliases in [false, true] {
+        let mut h = Harness::with(V5, |c| c.use_topic_aliases = use_aliases);
+        h.connect(false);
+        h.events();
+        let mut m = message("t", QoS::AtLeastOnce);
+        m.properties.topic_alias = NonZeroU16::new(5);
+        h.publish_msg(m).unwrap();
+        let sent = publishes(&h.sent());
+        // The server announced no Topic Alias Maximum: no alias may be used at all.
+        assert_eq!(
+            sent[0].properties.topic_alias, None,
+            "use_aliases {use_aliases}"
+        );
+        assert_eq!(sent[0].topic.as_str(), "t");
+    }
+}
+
+#[test]
+fn a_connack_after_we_said_disconnect_is_ignored() {
+    let mut h = Harness::of(V5);
+    h.open();
+    h.session
+        .disconnect(ReasonCode::NORMAL_DISCONNECTION, h.now);
+    assert!(matches!(h.sent().as_slice(), [Packet::Disconnect(_)]));
+    h.recv(Packet::ConnAck(ConnAck::default()));
+    assert!(h.sent().is_empty());
+    assert!(h.events().is_empty());
+    h.close();
+    assert_eq!(
+        h.events(),
+        [Event::Disconnected(DisconnectCause::Requested)]
+    );
+}
+
+#[test]
 fn disconnect_while_offline_does_nothing() {
     let mut h = Harness::of(V5);
     h.session

@@ -573,6 +573,8 @@ impl ClientSession {
                     format!("{} before CONNACK", other.packet_type()),
                 ),
             },
+            // We said DISCONNECT before the CONNACK came: nothing left to agree on.
+            State::Closing if matches!(packet, Packet::ConnAck(_)) => {}
             State::Connected | State::Closing => self.on_packet_connected(packet),
             State::Idle => {}
         }
@@ -604,15 +606,16 @@ impl ClientSession {
             ProtocolVersion::V5 => session_expiry > 0,
             ProtocolVersion::V311 => !self.config.clean_start,
         };
+        // Connected first: what the resends and restarts report happens on this connection.
+        self.event(Event::Connected {
+            session_present: ack.session_present,
+        });
         if ack.session_present {
             self.resend_inflight();
         } else {
             self.restart_flows();
         }
         self.has_server_session = keeps_session;
-        self.event(Event::Connected {
-            session_present: ack.session_present,
-        });
         self.pump();
     }
 
@@ -641,6 +644,17 @@ impl ClientSession {
             };
             let packet = match entry.stage {
                 Stage::AwaitingAck => {
+                    // This server may accept less than the one the message first went to
+                    // (size, retain); resending it anyway would end every reconnect.
+                    if let Some(reason) = self.refuse_reason(&entry.message) {
+                        if let Some(entry) = self.complete(id) {
+                            self.event(Event::PublishFailed {
+                                token: entry.token,
+                                reason,
+                            });
+                        }
+                        continue;
+                    }
                     let mut publish = entry.message.clone();
                     publish.packet_id = Some(id);
                     publish.dup = true;
@@ -1042,10 +1056,12 @@ impl ClientSession {
     /// still fits the server's Maximum Packet Size. Otherwise the message goes out as
     /// measured, and a new alias is not recorded: the server would never have learnt it.
     fn apply_outbound_alias(&mut self, wire: &mut Publish) {
+        // Aliases are the session's business: one a caller set would name nothing the
+        // server was told about.
+        wire.properties.topic_alias = None;
         if self.config.protocol != ProtocolVersion::V5 || !self.config.use_topic_aliases {
             return;
         }
-        wire.properties.topic_alias = None;
         let (alias, new) = match self.outbound_aliases.get(&wire.topic) {
             Some(&alias) => (alias, false),
             None => {

@@ -230,7 +230,7 @@ pub enum EncodeError {
 /// which carries its own.
 ///
 /// Inlined so that a caller's read loop builds each PUBLISH in place; every other packet
-/// goes through [`decode_other`], which is not.
+/// goes through `decode_other`, which is not.
 ///
 /// ```
 /// use bytes::BytesMut;

@@ -3,8 +3,9 @@
 #
 # 1. Installs the real test peers when missing: Debian's mosquitto, mosquitto-clients and
 #    socat, and a Python venv at target/test-venv with pinned paho-mqtt and pymodbus.
-# 2. Runs cargo fmt --check, clippy -D warnings, all tests and the doc tests, with
-#    FIELDGATE_REQUIRE_PEERS=1 so a test never skips because a peer is missing.
+# 2. Runs cargo fmt --check, clippy -D warnings, cargo doc (warnings are errors), the doc
+#    tests and all tests, with FIELDGATE_REQUIRE_PEERS=1 so that a test never skips
+#    because a peer is missing.
 #
 # Idempotent: a second run installs nothing. Works from any directory, as root or with sudo.
 set -euo pipefail
@@ -132,6 +133,7 @@ step() {
 
 step cargo fmt --check
 step cargo clippy --all-targets --locked -- -D warnings
+step env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 step cargo test --doc --locked
 step cargo test --all-targets --locked
 

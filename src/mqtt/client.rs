@@ -374,6 +374,10 @@ struct Task {
 enum End {
     /// Reconnect (after backoff, if reconnecting is on).
     Retry,
+    /// The broker refused us for a reason that retrying soon will not change (see
+    /// [`is_lasting_refusal`]): reconnect after the longest backoff, so a fleet with a
+    /// wrong password does not hammer its broker, yet recovers once it is fixed there.
+    RetryAfterLongest,
     /// Stop the task.
     Stop,
 }
@@ -382,6 +386,7 @@ impl Task {
     async fn run(mut self) {
         let mut failures: u32 = 0;
         loop {
+            let mut wait_longest = false;
             match self.connect().await {
                 Ok(io) => {
                     let established = self.serve(io).await;
@@ -392,6 +397,7 @@ impl Task {
                                 failures = 0;
                             }
                         }
+                        (End::RetryAfterLongest, _) => wait_longest = true,
                     }
                 }
                 Err(reason) => {
@@ -406,7 +412,11 @@ impl Task {
             if self.stopping.is_some() {
                 break;
             }
-            let delay = backoff.delay(failures);
+            let delay = if wait_longest {
+                backoff.max
+            } else {
+                backoff.delay(failures)
+            };
             failures = failures.saturating_add(1);
             if !self.wait_offline(delay).await {
                 break;
@@ -488,7 +498,11 @@ impl Task {
                     Event::ConnectionRefused { reason, .. } => {
                         let _ = self.emit(ClientEvent::Refused(reason)).await;
                         self.fail_subscribes(ClientError::Refused(reason));
-                        end = Some(End::Retry);
+                        end = Some(if is_lasting_refusal(reason) {
+                            End::RetryAfterLongest
+                        } else {
+                            End::Retry
+                        });
                     }
                     Event::Disconnected(cause) => {
                         let stop = cause == DisconnectCause::Requested;
@@ -770,6 +784,20 @@ impl Task {
             let _ = outcome.send(Err(DeliveryError::Stopped));
         }
     }
+}
+
+/// CONNACK refusals that a retry in a moment will not change: credentials,
+/// authorisation, a ban, the protocol version or the client identifier.
+fn is_lasting_refusal(reason: ReasonCode) -> bool {
+    matches!(
+        reason,
+        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
+            | ReasonCode::CLIENT_IDENTIFIER_NOT_VALID
+            | ReasonCode::BAD_USER_NAME_OR_PASSWORD
+            | ReasonCode::NOT_AUTHORIZED
+            | ReasonCode::BANNED
+            | ReasonCode::BAD_AUTHENTICATION_METHOD
+    )
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -657,6 +657,34 @@ in_both_versions!(the_right_password_is_accepted_and_a_wrong_one_refused_for_goo
     the_right_password_is_accepted_and_a_wrong_one_refused_for_good_over_3_1_1,
     the_right_password_is_accepted_and_a_wrong_one_refused_for_good_over_5_0);
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lasting_refusal_is_retried_only_after_the_longest_backoff() {
+    if !support::require_peers(&["mosquitto", "mosquitto_passwd"]) {
+        return;
+    }
+    let (broker, _dir) = password_broker().await;
+    let mut wrong = with_credentials(&broker, ProtocolVersion::V5, "fg-wrong-again", b"guess");
+    let longest = Duration::from_millis(400);
+    wrong.reconnect = Some(Backoff {
+        initial: Duration::from_millis(5),
+        max: longest,
+    });
+    let (handle, mut events) = client::spawn(wrong).unwrap();
+    let mut refusals = Vec::new();
+    while refusals.len() < 2 {
+        if let ClientEvent::Refused(_) = next(&mut events).await {
+            refusals.push(tokio::time::Instant::now());
+        }
+    }
+    // A bad password will not fix itself in 5 ms: the next try waits the longest delay.
+    assert!(
+        refusals[1] - refusals[0] >= longest,
+        "retried after {:?}",
+        refusals[1] - refusals[0]
+    );
+    handle.disconnect().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Session resumption
 // ---------------------------------------------------------------------------------------

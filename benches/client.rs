@@ -268,4 +268,58 @@ fn main() {
         mib(ours_anon),
         mib(ref_anon)
     );
+    if full {
+        // The deployment build (README): statically linked, so no shared C library is
+        // mapped and only the parts of it we use are resident.
+        match static_build() {
+            Ok(binary) => {
+                let mut static_sub = Command::new(binary);
+                static_sub.args(["sub", "-p", &port, "-t", "idle/#", "-i", "fg-static-idle"]);
+                let (rss, anon) = idle_rss(&broker, static_sub, "fg-static-idle");
+                println!(
+                    "  static build (crt-static): fieldgate sub {:.2} MiB ({:.2} MiB anonymous): {:.2}x mosquitto_sub",
+                    mib(rss),
+                    mib(anon),
+                    rss as f64 / ref_rss as f64
+                );
+            }
+            Err(why) => println!("  static build not measured: {why}"),
+        }
+    }
+}
+
+/// Builds the statically linked release binary the README describes, in its own target
+/// directory (so this does not wait on the benchmark's own build lock), and returns it.
+fn static_build() -> Result<std::path::PathBuf, String> {
+    let rustc = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .map_err(|e| format!("rustc: {e}"))?;
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .ok_or("rustc -vV names no host")?;
+    let target_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/static");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "fieldgate",
+            "--target",
+            &host,
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "cargo build --target {host} with crt-static failed"
+        ));
+    }
+    Ok(target_dir.join(host).join("release/fieldgate"))
 }

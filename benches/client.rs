@@ -169,12 +169,7 @@ fn idle_rss(broker: &Mosquitto, mut command: Command, id: &str) -> (u64, u64) {
         .stderr(Stdio::null())
         .spawn()
         .expect("subscriber starts");
-    support::wait_until(Duration::from_secs(10), "the subscriber subscribed", || {
-        broker
-            .log()
-            .lines()
-            .any(|l| l.contains("Sending SUBACK to") && l.contains(id))
-    });
+    broker.wait_for_suback(id);
     let rss = status_kib(child.id(), "VmRSS:").expect("the subscriber's /proc status");
     let anon = status_kib(child.id(), "RssAnon:").expect("the subscriber's /proc status");
     let _ = child.kill();

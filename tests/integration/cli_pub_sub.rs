@@ -26,12 +26,7 @@ fn start_sub(broker: &Mosquitto, id: &str, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    support::wait_until(DEADLINE, "fieldgate sub subscribed", || {
-        broker
-            .log()
-            .lines()
-            .any(|l| l.contains("Sending SUBACK to") && l.contains(id))
-    });
+    broker.wait_for_suback(id);
     child
 }
 
@@ -106,12 +101,7 @@ fn pub_reaches_mosquitto_sub(version: &str, mosquitto_version: &str) {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    support::wait_until(DEADLINE, "mosquitto_sub subscribed", || {
-        broker
-            .log()
-            .lines()
-            .any(|l| l.contains("Sending SUBACK to") && l.contains("mosq-sub"))
-    });
+    broker.wait_for_suback("mosq-sub");
     for qos in ["0", "1", "2"] {
         let out = fieldgate()
             .args(["pub", "-p", &port(&broker), "-V", version, "-q", qos])

@@ -198,17 +198,10 @@ async fn mosquitto_pub(
     );
 }
 
-/// Waits until mosquitto's log contains `line`; fails with the log after `DEADLINE`.
+/// Waits until mosquitto's log contains `line`; fails after `DEADLINE`.
 async fn wait_for_log(broker: &Mosquitto, line: &str) {
-    let end = Instant::now() + DEADLINE;
-    while !broker.log().contains(line) {
-        assert!(
-            Instant::now() < end,
-            "no `{line}` in mosquitto's log within {DEADLINE:?}:\n{}",
-            broker.log()
-        );
-        tokio::time::sleep(support::POLL_INTERVAL).await;
-    }
+    let what = format!("`{line}` in mosquitto's log");
+    support::wait_until_async(DEADLINE, &what, || async { broker.log().contains(line) }).await;
 }
 
 fn will(topic: &str, payload: &'static [u8]) -> Will {

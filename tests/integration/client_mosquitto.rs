@@ -87,20 +87,13 @@ fn mosquitto_sub(port: u16, topic: &str, count: usize, protocol: ProtocolVersion
         .expect("mosquitto_sub starts")
 }
 
-/// Waits until mosquitto has the subscription of client `fg-test-sub` (from its log).
-fn wait_subscribed(broker: &Mosquitto) {
-    support::wait_until(DEADLINE, "mosquitto_sub subscribed", || {
-        broker.log().contains("fg-test-sub") && broker.log().lines().any(|l| l.contains("SUBACK"))
-    });
-}
-
 async fn our_publishes_reach_mosquitto_sub(protocol: ProtocolVersion) {
     if !support::require_peers(&["mosquitto", "mosquitto_sub"]) {
         return;
     }
     let broker = Mosquitto::start();
     let sub = mosquitto_sub(broker.port(), "fg/out/#", 3, protocol);
-    wait_subscribed(&broker);
+    broker.wait_for_suback("fg-test-sub");
     let (handle, _events) = connected(broker.port(), protocol, "fg-out").await;
     for (qos, topic) in [
         (QoS::AtMostOnce, "fg/out/q0"),

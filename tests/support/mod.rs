@@ -422,6 +422,17 @@ impl Mosquitto {
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_else(|e| format!("<no log: {e}>"))
     }
+
+    /// Waits (polling the log, 10 s at most) until mosquitto has acknowledged a SUBSCRIBE
+    /// of client `client_id`: from then on, what is published reaches that subscriber.
+    pub fn wait_for_suback(&self, client_id: &str) {
+        let what = format!("mosquitto's SUBACK to {client_id}");
+        wait_until(Duration::from_secs(10), &what, || {
+            self.log()
+                .lines()
+                .any(|l| l.contains("Sending SUBACK to") && l.contains(client_id))
+        });
+    }
 }
 
 impl Drop for Mosquitto {

@@ -82,16 +82,18 @@ impl TestPki {
     }
 }
 
+/// Subject "O=fieldgate tests, CN=`common_name`".
+fn distinguished_name(common_name: &str) -> rcgen::DistinguishedName {
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(DnType::OrganizationName, "fieldgate tests");
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
 /// A self-signed CA that may sign certificates (and nothing below it may be a CA).
 fn certificate_authority(common_name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "fieldgate tests");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    params.distinguished_name = distinguished_name(common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -106,13 +108,7 @@ fn certificate_authority(common_name: &str) -> CertifiedIssuer<'static, KeyPair>
 /// authority key identifier that OpenSSL uses to find the issuer.
 fn leaf_params(common_name: &str, eku: ExtendedKeyUsagePurpose) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "fieldgate tests");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    params.distinguished_name = distinguished_name(common_name);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![eku];

@@ -404,6 +404,11 @@ impl Mosquitto {
     }
 
     /// The broker's TCP port on 127.0.0.1.
+    /// The broker's process id (for benchmarks that read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -4,6 +4,7 @@
 //! is sans-IO: no tokio, sockets, files or clocks.
 //! `tests/integration/protocol_core_has_no_io.rs` enforces that.
 
+pub mod broker;
 pub mod client;
 pub mod codec;
 pub mod packet;

@@ -1,0 +1,1 @@
+//! Broker authentication and authorisation (work in progress).

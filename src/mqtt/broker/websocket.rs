@@ -1,0 +1,1 @@
+//! MQTT over WebSocket (work in progress).

@@ -4,4 +4,5 @@
 //! only drives sockets and shares state between connections.
 
 pub mod auth;
+pub mod subscriptions;
 pub mod websocket;

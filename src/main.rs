@@ -18,6 +18,7 @@ usage: fieldgate <command>
 
 commands:
   run                      run the gateway (not built yet: see README, Status)
+  broker [-p PORT]         run the MQTT broker alone (like mosquitto -p; --help for options)
   pub [options]            publish MQTT messages (like mosquitto_pub; --help for options)
   sub [options]            print MQTT messages (like mosquitto_sub; --help for options)
   decode [-V 311|5] HEX    print the MQTT packets in HEX (spaces allowed; default -V 5)
@@ -43,6 +44,11 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+        ["broker", rest @ ..] => match cli::broker::parse_broker(rest) {
+            Ok(cli::Command::Help(text)) => help(text),
+            Ok(cli::Command::Run(opts)) => finish("broker", block_on_threads(cli::broker::run(opts))),
+            Err(e) => usage_error("broker", &e),
+        },
         ["pub", rest @ ..] => match cli::parse_pub(rest) {
             Ok(cli::Command::Help(text)) => help(text),
             Ok(cli::Command::Run(opts)) => finish("pub", block_on(cli::run::publish(opts))),
@@ -91,6 +97,20 @@ fn block_on<F: std::future::Future<Output = cli::run::Outcome>>(run: F) -> cli::
         .enable_all()
         .build()
     {
+        Ok(runtime) => runtime.block_on(run),
+        Err(e) => cli::run::Outcome {
+            code: cli::EXIT_ERROR,
+            message: Some(format!("cannot start the runtime: {e}")),
+        },
+    }
+}
+
+/// Runs a server (the broker) on a runtime with a worker per core: connections are
+/// served in parallel.
+fn block_on_threads<F: std::future::Future<Output = cli::run::Outcome>>(
+    run: F,
+) -> cli::run::Outcome {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(run),
         Err(e) => cli::run::Outcome {
             code: cli::EXIT_ERROR,

@@ -25,6 +25,7 @@
 
 mod format;
 mod options;
+pub mod broker;
 mod pub_args;
 pub mod run;
 mod sub_args;

@@ -1,8 +1,268 @@
 //! The local MQTT broker (3.1.1 and 5.0) for LAN devices: listeners, one task per
-//! connection, the router (subscriptions, retained messages, sessions), authentication
-//! and ACLs. Protocol decisions live in the sans-IO `mqtt::session::server`; this module
-//! only drives sockets and shares state between connections.
+//! connection, the router (subscriptions, retained messages), the session registry,
+//! authentication and ACLs, `$SYS` statistics. Protocol decisions live in the sans-IO
+//! `mqtt::session::server`; this module drives sockets and shares state between
+//! connections, and must not grow protocol rules of its own.
+//!
+//! ```text
+//!  listener ──accept──▶ connection task ──handle_packet──▶ ServerSession
+//!                          │  ▲ poll_packet / poll_event
+//!            Publish event │  │ deliver
+//!                          ▼  │
+//!          Router (tree snapshot) ──push──▶ Mailbox of each subscriber ──▶ its task
+//! ```
 
 pub mod auth;
+mod connection;
+mod listener;
+pub mod mailbox;
+pub mod persist;
+pub mod router;
+pub mod sessions;
+pub mod stats;
 pub mod subscriptions;
 pub mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::mqtt::packet::ReasonCode;
+use crate::mqtt::session::server::ServerConfig;
+use crate::mqtt::topic::{TopicFilter, TopicName};
+use mailbox::MailboxLimits;
+use router::{ReadCheck, Router};
+use sessions::Sessions;
+use stats::Stats;
+
+/// How clients reach a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// MQTT straight over TCP.
+    Tcp,
+    /// MQTT over WebSocket (`ws://`, subprotocol `mqtt`), for browser dashboards.
+    WebSocket,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Checks credentials in CONNECT. May be slow (salted, iterated hashes): the broker
+/// calls it on a blocking thread.
+pub trait Authenticator: Send + Sync + std::fmt::Debug {
+    /// `Ok` to accept; `Err(reason)` refuses with that CONNACK code (0x86 bad user name
+    /// or password, 0x87 not authorized).
+    fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), ReasonCode>;
+}
+
+/// Decides what an authenticated client may do (the ACL).
+pub trait Authorizer: ReadCheck + Send + Sync + std::fmt::Debug {
+    fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &TopicName) -> bool;
+    fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &TopicFilter)
+    -> bool;
+}
+
+/// Everything the broker needs to run.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listeners: Vec<ListenerConfig>,
+    /// Accept clients without a user name. Ignored (all accepted) without an
+    /// authenticator only when true; false with no authenticator refuses everyone.
+    pub allow_anonymous: bool,
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Per-session protocol limits (receive maximum, packet size, aliases, keep-alive).
+    pub session: ServerConfig,
+    /// Per-client queue bounds.
+    pub mailbox: MailboxLimits,
+    pub max_connections: usize,
+    /// A socket that sends no CONNECT within this is closed.
+    pub connect_timeout: Duration,
+    /// Topics and filters with more levels are refused (0: no limit).
+    pub max_topic_levels: usize,
+    /// How often `$SYS/broker/...` is published; `None`: never.
+    pub sys_interval: Option<Duration>,
+    /// Where retained messages and persistent sessions are kept; `None`: in memory only.
+    pub persistence: Option<persist::PersistConfig>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listeners: Vec::new(),
+            allow_anonymous: true,
+            authenticator: None,
+            authorizer: None,
+            session: ServerConfig::default(),
+            mailbox: MailboxLimits::default(),
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(10),
+            max_topic_levels: 32,
+            sys_interval: Some(Duration::from_secs(10)),
+            persistence: None,
+        }
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no listener configured")]
+    NoListener,
+    #[error(transparent)]
+    Persistence(#[from] persist::PersistError),
+}
+
+/// State shared by every connection task.
+#[derive(Debug)]
+struct Core {
+    config: BrokerConfig,
+    router: Router,
+    sessions: Sessions,
+    stats: Arc<Stats>,
+    connections: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Core {
+    fn read_check(&self) -> &dyn ReadCheck {
+        match &self.config.authorizer {
+            Some(authorizer) => authorizer.as_ref(),
+            None => &router::AllowAll,
+        }
+    }
+}
+
+/// A running broker. Dropping it stops the listeners; [`Broker::shutdown`] also tells
+/// connected clients (5.0: DISCONNECT 0x8B) and waits for the tasks.
+#[derive(Debug)]
+pub struct Broker {
+    core: Arc<Core>,
+    local_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Binds every listener and starts serving on the current tokio runtime.
+    pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        if config.listeners.is_empty() {
+            return Err(BrokerError::NoListener);
+        }
+        let (stop, shutdown) = watch::channel(false);
+        let stats = Arc::new(Stats::default());
+        let (journal, recovered) = match &config.persistence {
+            Some(persistence) => {
+                let (journal, recovered) = persist::Journal::open(persistence)?;
+                (Some(journal), recovered)
+            }
+            None => (None, persist::Recovered::default()),
+        };
+        let core = Arc::new(Core {
+            router: Router::new(Arc::clone(&stats), journal),
+            sessions: Sessions::new(config.session.clone(), config.mailbox),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            stats,
+            shutdown,
+            config,
+        });
+        if recovered.truncated > 0 {
+            eprintln!(
+                "fieldgate broker: journal had a torn or corrupt tail; cut {} bytes",
+                recovered.truncated
+            );
+        }
+        for message in &recovered.retained {
+            core.router.restore_retained(message);
+        }
+        for (client_id, generation, expiry) in core.sessions.restore(recovered.sessions, &core.router)
+        {
+            if expiry != u32::MAX {
+                connection::schedule_expiry(
+                    &core,
+                    client_id,
+                    generation,
+                    Duration::from_secs(u64::from(expiry)),
+                );
+            }
+        }
+        core.stats
+            .sessions
+            .store(core.sessions.len(), std::sync::atomic::Ordering::Relaxed);
+        let mut local_addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for listener in &core.config.listeners {
+            let socket = tokio::net::TcpListener::bind(listener.bind)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    addr: listener.bind,
+                    source,
+                })?;
+            local_addrs.push(socket.local_addr().unwrap_or(listener.bind));
+            tasks.push(tokio::spawn(listener::accept_loop(
+                socket,
+                listener.transport.clone(),
+                Arc::clone(&core),
+            )));
+        }
+        if let Some(interval) = core.config.sys_interval {
+            tasks.push(tokio::spawn(connection::publish_sys(
+                Arc::clone(&core),
+                interval,
+            )));
+        }
+        Ok(Broker {
+            core,
+            local_addrs,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The bound addresses, in listener order (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    /// Stops accepting, disconnects every client and waits (bounded) for them to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        // Connection tasks hold a permit each; all returned means all ended.
+        let all = u32::try_from(self.core.config.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.core.connections.acquire_many(all),
+        )
+        .await;
+        if let Some(journal) = self.core.router.journal() {
+            journal.close().await;
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -37,6 +37,9 @@ impl<K, V> Default for SubscriptionTree<K, V> {
     }
 }
 
+/// The subscribers of one filter (and share group), in subscription order.
+type Members<K, V> = Vec<(K, V)>;
+
 #[derive(Debug, Clone)]
 struct Node<K, V> {
     /// Next levels by their text; `+` and `#` are children like any other level.
@@ -44,7 +47,7 @@ struct Node<K, V> {
     /// Ordinary subscriptions whose filter ends here.
     subscribers: Vec<(K, V)>,
     /// `$share/<group>/…` subscriptions whose filter ends here, one list per group.
-    groups: Vec<(Box<str>, Vec<(K, V)>)>,
+    groups: Vec<(Box<str>, Members<K, V>)>,
 }
 
 impl<K, V> Default for Node<K, V> {

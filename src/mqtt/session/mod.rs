@@ -4,3 +4,4 @@
 
 pub mod client;
 pub mod packet_id;
+pub mod server;

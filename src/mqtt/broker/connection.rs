@@ -1,0 +1,716 @@
+//! One task per client connection: reads CONNECT, authenticates, attaches the session,
+//! then turns bytes into `ServerSession::handle_packet`, session events into router
+//! calls, mailbox messages into `deliver`, and writes what `poll_packet` gives. Writes
+//! happen outside `select!`, as in the client driver. Protocol rules stay in the
+//! session; who-may-do-what stays in the authenticator and authorizer.
+//!
+//! Memory: an idle TCP connection holds no read or write buffer (the read buffer is
+//! reserved when the socket is readable and released once it has been consumed), so a
+//! thousand idle sensors cost little more than their sessions.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant as StdInstant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::Core;
+use super::router::Subscriber;
+use super::sessions::{Held, SubscriptionRecord};
+use crate::mqtt::codec::{self, DecodeError};
+use crate::mqtt::packet::{
+    Connect, Packet, PayloadFormat, ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode,
+    RetainHandling, Subscribe, Unsubscribe, Will,
+};
+use crate::mqtt::session::server::{CloseReason, Event, Message, Outgoing, ServerSession};
+use crate::mqtt::string::MqttString;
+use crate::mqtt::topic::TopicName;
+
+/// Bytes reserved for one read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Messages taken from the mailbox at a time.
+const TAKE_BATCH: usize = 64;
+/// A write that makes no progress for this long ends the connection (a client that
+/// stopped reading must not hold the task, and its session, for ever).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A byte stream the connection reads from without holding a buffer while idle.
+pub(super) trait ReadInto: AsyncWrite + Unpin + Send {
+    /// Waits for input and appends it to `buf`; `Ok(0)` is end of stream.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is read unless it completes.
+    fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send;
+}
+
+impl ReadInto for TcpStream {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        loop {
+            self.readable().await?;
+            buf.reserve(READ_CHUNK);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Any other stream (WebSocket, TLS): these keep buffers of their own anyway.
+pub(super) struct Buffered<S>(pub S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ReadInto for Buffered<S> {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        buf.reserve(READ_CHUNK);
+        self.0.read_buf(buf).await
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Buffered<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+pub(super) async fn serve(stream: TcpStream, core: Arc<Core>) {
+    Connection::run(stream, core).await;
+}
+
+pub(super) async fn serve_websocket(stream: TcpStream, core: Arc<Core>) {
+    let limits = super::websocket::WsLimits::default();
+    let upgraded = tokio::time::timeout(
+        core.config.connect_timeout,
+        super::websocket::accept(stream, &limits),
+    )
+    .await;
+    if let Ok(Ok(ws)) = upgraded {
+        Connection::run(Buffered(ws), core).await;
+    }
+}
+
+/// One connection's state after CONNECT was accepted.
+struct Connection<S> {
+    io: S,
+    core: Arc<Core>,
+    held: Held,
+    username: Option<Arc<str>>,
+    will: Option<Will>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    scratch: Vec<Outgoing>,
+}
+
+impl<S: ReadInto> Connection<S> {
+    async fn run(mut io: S, core: Arc<Core>) {
+        let mut read_buf = BytesMut::new();
+        let connect = tokio::time::timeout(
+            core.config.connect_timeout,
+            read_connect(&mut io, &mut read_buf, &core),
+        )
+        .await;
+        let connect = match connect {
+            Ok(Ok(connect)) => connect,
+            Ok(Err(refusal)) => {
+                if let Some((packet, protocol)) = refusal {
+                    core.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                    let _ = write_packet(&mut io, &packet, protocol).await;
+                }
+                let _ = io.shutdown().await;
+                return;
+            }
+            // No CONNECT in time: close without a word, nothing was agreed.
+            Err(_) => return,
+        };
+        let protocol = connect.protocol;
+        let refuse = |reason: ReasonCode| Some((ServerSession::refusal(reason, None), protocol));
+        // Authentication (may be slow: a blocking thread).
+        let username: Option<Arc<str>> = connect.username.as_ref().map(|u| Arc::from(u.as_str()));
+        if let Err(reason) = authenticate(&core, &connect).await {
+            core.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some((packet, protocol)) = refuse(reason) {
+                let _ = write_packet(&mut io, &packet, protocol).await;
+            }
+            let _ = io.shutdown().await;
+            return;
+        }
+        // Client identifier: assign one to a client that sent none [MQTT-3.1.3-6].
+        let (client_id, assigned) = if connect.client_id.is_empty() {
+            if protocol == ProtocolVersion::V311 && !connect.clean_start {
+                // [MQTT-3.1.3-8]: 3.1.1 refuses an empty id with a persistent session.
+                if let Some((packet, protocol)) = refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
+                {
+                    let _ = write_packet(&mut io, &packet, protocol).await;
+                }
+                return;
+            }
+            let id = format!("fieldgate-{:016x}", fastrand::u64(..));
+            let assigned = MqttString::try_from(id.as_str()).ok();
+            (id, assigned.filter(|_| protocol == ProtocolVersion::V5))
+        } else {
+            (connect.client_id.as_str().to_owned(), None)
+        };
+        let held = match core
+            .sessions
+            .attach(&client_id, connect.clean_start, &core.router)
+            .await
+        {
+            Ok(held) => held,
+            Err(_) => {
+                if let Some((packet, protocol)) = refuse(ReasonCode::SERVER_BUSY) {
+                    let _ = write_packet(&mut io, &packet, protocol).await;
+                }
+                return;
+            }
+        };
+        core.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
+        core.stats
+            .sessions
+            .store(core.sessions.len(), Ordering::Relaxed);
+        let mut connection = Connection {
+            io,
+            core: Arc::clone(&core),
+            held,
+            username,
+            will: connect.will.clone(),
+            read_buf,
+            write_buf: BytesMut::new(),
+            scratch: Vec::new(),
+        };
+        let now = StdInstant::now();
+        let present = connection.held.session_present;
+        connection
+            .held
+            .session
+            .accept(&connect, present, assigned, now);
+        connection.record_session();
+        let reason = connection.serve().await;
+        core.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+        connection.finish(reason).await;
+        core.stats
+            .sessions
+            .store(core.sessions.len(), Ordering::Relaxed);
+    }
+
+    /// The connection's main loop; returns why it ended.
+    async fn serve(&mut self) -> CloseReason {
+        let mut shutdown = self.core.shutdown.clone();
+        let takeover = Arc::clone(&self.held.takeover);
+        loop {
+            let now = StdInstant::now();
+            // 1. Messages waiting in the mailbox, as far as the session wants them.
+            if self.held.session.wants_messages() {
+                self.held.mailbox.take(TAKE_BATCH, &mut self.scratch);
+                for outgoing in self.scratch.drain(..) {
+                    self.held.session.deliver(outgoing, now);
+                }
+            }
+            // 2. Session events: route, subscribe, or end.
+            let mut closed = None;
+            while let Some(event) = self.held.session.poll_event() {
+                match event {
+                    Event::Publish(publish) => self.publish(publish, now).await,
+                    Event::Subscribe(subscribe) => self.subscribe(subscribe, now),
+                    Event::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe),
+                    Event::Closed(reason) => closed = Some(reason),
+                    Event::Finished { journal_seq } => {
+                        if let Some(journal) = self.persisting() {
+                            journal.finished(&self.held.client_id, journal_seq);
+                        }
+                    }
+                }
+            }
+            // 3. Write what the session wants sent.
+            if self.write_pending().await.is_err() {
+                self.held.session.handle_closed(now);
+                return closed.unwrap_or(CloseReason::ConnectionLost);
+            }
+            if let Some(reason) = closed {
+                return reason;
+            }
+            if self.held.session.wants_messages() && !self.held.mailbox.is_empty() {
+                // More waiting than one batch: take it before sleeping.
+                continue;
+            }
+            // 4. Wait for exactly one input.
+            let deadline = self.held.session.poll_timeout().map(Instant::from_std);
+            let wants = self.held.session.wants_messages();
+            tokio::select! {
+                read = self.io.read_into(&mut self.read_buf) => {
+                    let now = StdInstant::now();
+                    match read {
+                        Ok(0) | Err(_) => {
+                            self.held.session.handle_closed(now);
+                            return CloseReason::ConnectionLost;
+                        }
+                        Ok(n) => {
+                            self.core.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                            self.decode_all(now);
+                        }
+                    }
+                }
+                () = self.held.mailbox.arrived(), if wants => {}
+                () = takeover.notified() => self.held.session.take_over(),
+                () = sleep_until(deadline) => self.held.session.handle_timeout(StdInstant::now()),
+                _ = shutdown.changed() => self.held.session.shut_down(),
+            }
+        }
+    }
+
+    fn decode_all(&mut self, now: StdInstant) {
+        let max = u32::try_from(self.held.session.max_incoming_packet_size()).unwrap_or(u32::MAX);
+        let protocol = self.held.session.protocol();
+        loop {
+            match codec::decode(&mut self.read_buf, max, protocol) {
+                Ok(Some(packet)) => {
+                    self.core.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                    if matches!(packet, Packet::Publish(_)) {
+                        self.core.stats.publish_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.held.session.handle_packet(packet, now);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.held.session.handle_decode_error(&e, now);
+                    self.read_buf.clear();
+                    break;
+                }
+            }
+        }
+        if self.read_buf.is_empty() {
+            // Idle connections keep no read buffer (see the module header).
+            self.read_buf = BytesMut::new();
+        }
+    }
+
+    async fn write_pending(&mut self) -> std::io::Result<()> {
+        let protocol = self.held.session.protocol();
+        while let Some(packet) = self.held.session.poll_packet() {
+            self.core.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+            if matches!(packet, Packet::Publish(_)) {
+                self.core.stats.publish_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(e) = codec::encode(&packet, protocol, &mut self.write_buf) {
+                // The session built it: a bug, reported, not a crash.
+                eprintln!(
+                    "fieldgate broker: cannot encode {:?}: {e}",
+                    packet.packet_type()
+                );
+            }
+        }
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        let n = self.write_buf.len();
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            self.io.write_all(&self.write_buf).await?;
+            self.io.flush().await
+        })
+        .await;
+        self.write_buf = BytesMut::new();
+        match written {
+            Ok(Ok(())) => {
+                self.core.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    fn client_id(&self) -> &str {
+        &self.held.client_id
+    }
+
+    /// The journal, when the broker persists and this client's session outlives its
+    /// connection.
+    fn persisting(&self) -> Option<&super::persist::Journal> {
+        self.core
+            .router
+            .journal()
+            .filter(|_| self.held.mailbox.is_persistent())
+    }
+
+    /// Marks and journals the session as persistent when its expiry interval says so
+    /// (CONNECT decided it in `accept`).
+    fn record_session(&mut self) {
+        let expiry = self.held.session.session_expiry_interval();
+        self.held.mailbox.set_persistent(expiry > 0);
+        if let Some(journal) = self.persisting() {
+            journal.session(&self.held.client_id, expiry);
+        }
+    }
+
+    async fn publish(&mut self, publish: Publish, now: StdInstant) {
+        let core = Arc::clone(&self.core);
+        let core = &core;
+        let packet_id = publish.packet_id;
+        let reason = if too_many_levels(core, publish.topic.as_str()) {
+            ReasonCode::TOPIC_NAME_INVALID
+        } else if !core.config.authorizer.as_ref().is_none_or(|a| {
+            a.may_publish(self.username.as_deref(), self.client_id(), &publish.topic)
+        }) {
+            ReasonCode::NOT_AUTHORIZED
+        } else {
+            let publisher = Some(Arc::clone(&self.held.client_id));
+            let mut message = Message::from_publish(publish, publisher, now);
+            core.router.stamp(&mut message);
+            let message = Arc::new(message);
+            if message.retain {
+                core.router.retain(&message);
+            }
+            let routed = core.router.publish(&message, core.read_check());
+            // What a persistent session will get (or a retained message) is written to
+            // the journal before the publisher hears PUBACK, so a crash of the process
+            // cannot lose it; `fsync: always` also syncs it (power loss).
+            if let Some(journal) = core.router.journal()
+                && packet_id.is_some()
+                && (routed.journaled > 0 || message.retain)
+            {
+                journal.durable().await;
+            }
+            if routed.delivered + routed.dropped == 0 {
+                ReasonCode::NO_MATCHING_SUBSCRIBERS
+            } else {
+                ReasonCode::SUCCESS
+            }
+        };
+        // A refused QoS 0 message has no acknowledgement to carry the refusal: it is
+        // just not routed, as in Mosquitto.
+        if let Some(id) = packet_id {
+            self.held.session.acknowledge_publish(id, reason);
+        }
+    }
+
+    fn subscribe(&mut self, subscribe: Subscribe, now: StdInstant) {
+        let core = Arc::clone(&self.core);
+        let v5 = self.held.session.protocol() == ProtocolVersion::V5;
+        let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
+        let mut retained = Vec::new();
+        let id = subscribe.properties.subscription_identifier;
+        for subscription in subscribe.subscriptions {
+            let filter = subscription.filter;
+            let options = subscription.options;
+            if too_many_levels(&core, filter.filter()) {
+                codes.push(failure(v5, ReasonCode::TOPIC_FILTER_INVALID));
+                continue;
+            }
+            let allowed = core.config.authorizer.as_ref().is_none_or(|a| {
+                a.may_subscribe(self.username.as_deref(), self.client_id(), &filter)
+            });
+            if !allowed {
+                codes.push(failure(v5, ReasonCode::NOT_AUTHORIZED));
+                continue;
+            }
+            let subscriber = Subscriber {
+                mailbox: Arc::clone(&self.held.mailbox),
+                options,
+                id,
+                username: self.username.clone(),
+            };
+            let existed = core
+                .router
+                .subscribe(&self.held.client_id, &filter, subscriber);
+            self.held
+                .subscriptions
+                .insert(filter.clone(), SubscriptionRecord { options, id });
+            if let Some(journal) = self.persisting() {
+                journal.subscribe(&self.held.client_id, &filter, options, id);
+            }
+            codes.push(ReasonCode(options.qos as u8));
+            // Retained messages as Retain Handling says [MQTT-3.3.1-9] [MQTT-3.3.1-10]
+            // [MQTT-3.3.1-11]; never for a shared subscription (5.0 §4.8.2).
+            let send_retained = !filter.is_shared()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for message in core.router.retained_matching(&filter, now) {
+                    if core.read_check().may_receive(
+                        self.username.as_deref(),
+                        self.client_id(),
+                        &message.topic,
+                    ) {
+                        let qos = message.qos.min(options.qos);
+                        retained.push(Outgoing {
+                            message,
+                            qos,
+                            retain: true,
+                            subscription_ids: id.into_iter().collect(),
+                        });
+                    }
+                }
+            }
+        }
+        // SUBACK first, then the retained messages it let through.
+        self.held.session.suback(subscribe.packet_id, codes);
+        for outgoing in retained {
+            self.held.session.deliver(outgoing, now);
+        }
+    }
+
+    fn unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let mut codes = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            let existed = self.core.router.unsubscribe(&self.held.client_id, filter);
+            self.held.subscriptions.remove(filter);
+            if let Some(journal) = self.persisting() {
+                journal.unsubscribe(&self.held.client_id, filter);
+            }
+            codes.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        self.held.session.unsuback(unsubscribe.packet_id, codes);
+    }
+
+    /// After the loop: flush what is left, close, publish the will if due, and give the
+    /// session back to the registry.
+    async fn finish(mut self, reason: CloseReason) {
+        let _ = self.write_pending().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        let core = Arc::clone(&self.core);
+        self.held.session.handle_closed(StdInstant::now());
+        let will = self.will.take().filter(|_| reason.publishes_will());
+        let username = self.username.clone();
+        let client_id = Arc::clone(&self.held.client_id);
+        let generation = self.held.generation;
+        let expiry = core.sessions.release(self.held, &core.router);
+        if let Some(will) = will {
+            schedule_will(&core, will, username, Arc::clone(&client_id), generation, expiry);
+        }
+        if let Some(after) = expiry {
+            schedule_expiry(&core, client_id, generation, after);
+        }
+    }
+}
+
+/// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1]. An error carries the
+/// CONNACK to send, if the client deserves one (a wrong protocol version does; garbage
+/// does not).
+async fn read_connect<S: ReadInto>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    core: &Core,
+) -> Result<Connect, Option<(Packet, ProtocolVersion)>> {
+    let max = core.config.session.maximum_packet_size.get();
+    loop {
+        match codec::decode(buf, max, ProtocolVersion::V5) {
+            Ok(Some(Packet::Connect(connect))) => return Ok(*connect),
+            Ok(Some(_)) => return Err(None),
+            Ok(None) => {}
+            Err(DecodeError::UnsupportedProtocolLevel(_)) => {
+                // [MQTT-3.1.2-2]: answer in 3.1.1 form, which every version can read.
+                let packet =
+                    ServerSession::refusal(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, None);
+                return Err(Some((packet, ProtocolVersion::V311)));
+            }
+            Err(_) => return Err(None),
+        }
+        match io.read_into(buf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn authenticate(core: &Core, connect: &Connect) -> Result<(), ReasonCode> {
+    let Some(authenticator) = core.config.authenticator.clone() else {
+        return if core.config.allow_anonymous || connect.username.is_some() {
+            Ok(())
+        } else {
+            Err(ReasonCode::NOT_AUTHORIZED)
+        };
+    };
+    if connect.username.is_none() && connect.password.is_none() {
+        return if core.config.allow_anonymous {
+            Ok(())
+        } else {
+            Err(ReasonCode::NOT_AUTHORIZED)
+        };
+    }
+    let username = connect.username.as_ref().map(|u| u.as_str().to_owned());
+    let password: Option<Bytes> = connect.password.clone();
+    tokio::task::spawn_blocking(move || {
+        authenticator.authenticate(username.as_deref(), password.as_deref())
+    })
+    .await
+    .unwrap_or(Err(ReasonCode::SERVER_UNAVAILABLE))
+}
+
+async fn write_packet<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    packet: &Packet,
+    protocol: ProtocolVersion,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    if codec::encode(packet, protocol, &mut buf).is_ok() {
+        io.write_all(&buf).await?;
+        io.flush().await?;
+    }
+    Ok(())
+}
+
+fn too_many_levels(core: &Core, topic: &str) -> bool {
+    let max = core.config.max_topic_levels;
+    max > 0 && topic.split('/').count() > max
+}
+
+/// A SUBACK failure code: 5.0 says why; 3.1.1 has only 0x80.
+fn failure(v5: bool, reason: ReasonCode) -> ReasonCode {
+    if v5 {
+        reason
+    } else {
+        ReasonCode::UNSPECIFIED_ERROR
+    }
+}
+
+/// Publishes a will now, or after its Will Delay Interval unless the client connected
+/// again first [MQTT-3.1.3-9]. The delay never outlasts the session (`expiry`, `None`
+/// when the session ended at once or never expires).
+fn schedule_will(
+    core: &Arc<Core>,
+    will: Will,
+    username: Option<Arc<str>>,
+    client_id: Arc<str>,
+    generation: u64,
+    expiry: Option<Duration>,
+) {
+    let will_delay = Duration::from_secs(u64::from(
+        will.properties.will_delay_interval.unwrap_or(0),
+    ));
+    let delay = match expiry {
+        Some(expiry) => will_delay.min(expiry),
+        // The session ended at once: the will goes now. A session that never expires
+        // waits the whole delay.
+        None if core.sessions.is_current(&client_id, generation) => will_delay,
+        None => Duration::ZERO,
+    };
+    if delay.is_zero() {
+        publish_will(core, will, username.as_deref(), client_id);
+        return;
+    }
+    let core = Arc::clone(core);
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        // A new connection for this client id since then cancels the will.
+        if !core.sessions.reconnected_since(&client_id, generation) {
+            publish_will(&core, will, username.as_deref(), client_id);
+        }
+    });
+}
+
+fn publish_will(core: &Core, will: Will, username: Option<&str>, client_id: Arc<str>) {
+    if !core
+        .config
+        .authorizer
+        .as_ref()
+        .is_none_or(|a| a.may_publish(username, &client_id, &will.topic))
+    {
+        return;
+    }
+    let properties = PublishProperties {
+        payload_format_indicator: will.properties.payload_format_indicator,
+        message_expiry_interval: will.properties.message_expiry_interval,
+        content_type: will.properties.content_type,
+        response_topic: will.properties.response_topic,
+        correlation_data: will.properties.correlation_data,
+        user_properties: will.properties.user_properties,
+        ..PublishProperties::default()
+    };
+    let publish = Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic,
+        packet_id: None,
+        payload: will.payload,
+        properties,
+    };
+    let message = Arc::new(Message::from_publish(
+        publish,
+        Some(client_id),
+        StdInstant::now(),
+    ));
+    if message.retain {
+        core.router.retain(&message);
+    }
+    core.router.publish(&message, core.read_check());
+}
+
+pub(super) fn schedule_expiry(core: &Arc<Core>, client_id: Arc<str>, generation: u64, after: Duration) {
+    let core = Arc::clone(core);
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let _ = core.sessions.expire(&client_id, generation, &core.router);
+        core.stats
+            .sessions
+            .store(core.sessions.len(), Ordering::Relaxed);
+    });
+}
+
+/// Publishes `$SYS/broker/...` every `interval`, retained, as Mosquitto does.
+pub(super) async fn publish_sys(core: Arc<Core>, interval: Duration) {
+    let mut shutdown = core.shutdown.clone();
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for (topic, value) in core.stats.sys_topics(env!("CARGO_PKG_VERSION")) {
+            let Ok(topic) = TopicName::try_from(topic) else {
+                continue;
+            };
+            let message = Arc::new(Message {
+                topic,
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: PublishProperties {
+                    payload_format_indicator: Some(PayloadFormat::Utf8),
+                    ..PublishProperties::default()
+                },
+                expires_at: None,
+                publisher: None,
+                journal_seq: None,
+            });
+            core.router.retain(&message);
+            core.router.publish(&message, core.read_check());
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

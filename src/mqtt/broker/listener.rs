@@ -1,0 +1,49 @@
+//! Accept loops: one task per listening socket, handing each accepted connection (within
+//! the connection limit) to its own task. Nothing here reads MQTT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::{Core, Transport, connection};
+
+pub(super) async fn accept_loop(socket: TcpListener, transport: Transport, core: Arc<Core>) {
+    let mut shutdown = core.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning;
+                // the listener itself is still fine.
+                eprintln!("fieldgate broker: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&core.connections).try_acquire_owned() else {
+            // Over the connection limit: closing at once is the clearest answer a client
+            // can get before CONNECT (there is no CONNACK to send yet).
+            core.stats
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        // Small packets (acknowledgements) must not wait for Nagle's timer.
+        let _ = stream.set_nodelay(true);
+        let core = Arc::clone(&core);
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            match transport {
+                Transport::Tcp => connection::serve(stream, core).await,
+                Transport::WebSocket => connection::serve_websocket(stream, core).await,
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,336 @@
+//! The session registry: which client ids have a session, which connection holds each,
+//! and the sessions parked between connections (persistent sessions) with their
+//! subscriptions. It owns takeover (a second connection with the same client id
+//! [MQTT-3.1.4-3]) and session expiry. It is touched on connect and disconnect only,
+//! never on the publish path, and knows nothing of sockets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::mqtt::broker::mailbox::{Mailbox, MailboxLimits};
+use crate::mqtt::broker::persist::RecoveredSession;
+use crate::mqtt::broker::router::Router;
+use crate::mqtt::packet::{SubscriptionId, SubscriptionOptions};
+use crate::mqtt::session::server::{ServerConfig, ServerSession};
+use crate::mqtt::string::MqttString;
+use crate::mqtt::topic::TopicFilter;
+
+/// A subscription as the session remembers it (the router holds the live copy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriptionRecord {
+    pub options: SubscriptionOptions,
+    pub id: Option<SubscriptionId>,
+}
+
+/// What a connection holds while it serves a client: given back with
+/// [`Sessions::release`].
+#[derive(Debug)]
+pub struct Held {
+    pub client_id: Arc<str>,
+    pub session: ServerSession,
+    pub subscriptions: HashMap<TopicFilter, SubscriptionRecord>,
+    pub mailbox: Arc<Mailbox>,
+    /// Notified when another connection takes this client id over.
+    pub takeover: Arc<Notify>,
+    /// Identifies this holding: a release or an expiry from an older one is ignored.
+    pub generation: u64,
+    pub session_present: bool,
+}
+
+#[derive(Debug)]
+struct Parked {
+    session: ServerSession,
+    subscriptions: HashMap<TopicFilter, SubscriptionRecord>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    generation: u64,
+    mailbox: Arc<Mailbox>,
+    /// `Some` while no connection holds the session.
+    parked: Option<Parked>,
+    takeover: Arc<Notify>,
+    /// Notified when the holding connection releases the session.
+    released: Arc<Notify>,
+}
+
+/// Why a session could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    #[error("the connection holding this client id did not let go in time")]
+    TakeoverTimedOut,
+}
+
+#[derive(Debug)]
+pub struct Sessions {
+    entries: Mutex<HashMap<Arc<str>, Entry>>,
+    next_generation: Mutex<u64>,
+    session_config: ServerConfig,
+    mailbox_limits: MailboxLimits,
+}
+
+/// How long a connection being taken over may take to hand its session back.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+impl Sessions {
+    pub fn new(session_config: ServerConfig, mailbox_limits: MailboxLimits) -> Self {
+        Sessions {
+            entries: Mutex::new(HashMap::new()),
+            next_generation: Mutex::new(0),
+            session_config,
+            mailbox_limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Entry>> {
+        // Every critical section leaves the map consistent before it could panic.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn generation(&self) -> u64 {
+        let mut g = self.next_generation.lock().unwrap_or_else(|p| p.into_inner());
+        *g += 1;
+        *g
+    }
+
+    /// Number of sessions, connected or parked.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes the session of `client_id` for a new connection: resumes a parked one
+    /// (unless `clean_start`), takes one over from its current connection, or makes a
+    /// new one. With `clean_start` the old session's subscriptions and queued messages
+    /// are discarded.
+    pub async fn attach(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        router: &Router,
+    ) -> Result<Held, AttachError> {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            let wait_for = {
+                let mut entries = self.lock();
+                let generation = self.generation();
+                match entries.get_mut(client_id) {
+                    None => {
+                        let key: Arc<str> = Arc::from(client_id);
+                        let mailbox = Arc::new(Mailbox::new(self.mailbox_limits));
+                        let takeover = Arc::new(Notify::new());
+                        entries.insert(
+                            Arc::clone(&key),
+                            Entry {
+                                generation,
+                                mailbox: Arc::clone(&mailbox),
+                                parked: None,
+                                takeover: Arc::clone(&takeover),
+                                released: Arc::new(Notify::new()),
+                            },
+                        );
+                        mailbox.set_online(true);
+                        return Ok(Held {
+                            session: self.new_session(client_id),
+                            client_id: key,
+                            subscriptions: HashMap::new(),
+                            mailbox,
+                            takeover,
+                            generation,
+                            session_present: false,
+                        });
+                    }
+                    Some(entry) => match entry.parked.take() {
+                        Some(parked) => {
+                            entry.generation = generation;
+                            // A fresh signal per holding: a stale notification must not
+                            // end the next connection.
+                            entry.takeover = Arc::new(Notify::new());
+                            let key = entries
+                                .get_key_value(client_id)
+                                .map(|(k, _)| Arc::clone(k))
+                                .unwrap_or_else(|| Arc::from(client_id));
+                            let Some(entry) = entries.get_mut(client_id) else {
+                                continue;
+                            };
+                            let mut held = Held {
+                                client_id: key,
+                                session: parked.session,
+                                subscriptions: parked.subscriptions,
+                                mailbox: Arc::clone(&entry.mailbox),
+                                takeover: Arc::clone(&entry.takeover),
+                                generation,
+                                session_present: true,
+                            };
+                            if clean_start {
+                                if let Some(journal) = router.journal() {
+                                    journal.session_end(&held.client_id);
+                                }
+                                discard(&mut held, router);
+                                held.session = self.new_session(client_id);
+                                held.session_present = false;
+                            }
+                            held.mailbox.set_online(true);
+                            return Ok(held);
+                        }
+                        None => {
+                            entry.takeover.notify_one();
+                            Arc::clone(&entry.released)
+                        }
+                    },
+                }
+            };
+            if tokio::time::timeout_at(deadline, wait_for.notified())
+                .await
+                .is_err()
+            {
+                return Err(AttachError::TakeoverTimedOut);
+            }
+        }
+    }
+
+    fn new_session(&self, client_id: &str) -> ServerSession {
+        let id = MqttString::try_from(client_id).unwrap_or_default();
+        ServerSession::new(id, self.session_config.clone())
+    }
+
+    /// Gives a session back when its connection ends. With a Session Expiry Interval of
+    /// 0 the session ends now; otherwise it is parked, its QoS 1/2 messages still
+    /// queueing, until a connection resumes it or it expires. Returns the expiry to
+    /// schedule (`None`: ended now, or never expires).
+    pub fn release(&self, held: Held, router: &Router) -> Option<Duration> {
+        let mut held = held;
+        let expiry = held.session.session_expiry_interval();
+        let mut entries = self.lock();
+        let entry = entries.get_mut(&held.client_id)?;
+        if entry.generation != held.generation {
+            // Taken over while we held it: the new holder owns the entry.
+            return None;
+        }
+        held.mailbox.set_online(false);
+        entry.released.notify_one();
+        if expiry == 0 {
+            entries.remove(&held.client_id);
+            drop(entries);
+            if held.mailbox.is_persistent()
+                && let Some(journal) = router.journal()
+            {
+                // DISCONNECT set the expiry to 0: the session ends now.
+                journal.session_end(&held.client_id);
+            }
+            discard(&mut held, router);
+            return None;
+        }
+        if let Some(journal) = router.journal() {
+            // DISCONNECT may have changed the interval.
+            journal.session(&held.client_id, expiry);
+        }
+        entry.parked = Some(Parked {
+            session: held.session,
+            subscriptions: held.subscriptions,
+        });
+        (expiry != u32::MAX).then(|| Duration::from_secs(u64::from(expiry)))
+    }
+
+    /// Ends a parked session whose expiry interval ran out, if nobody resumed it since
+    /// `generation`. Returns the number of queued messages discarded.
+    pub fn expire(&self, client_id: &str, generation: u64, router: &Router) -> Option<usize> {
+        let mut entries = self.lock();
+        let entry = entries.get(client_id)?;
+        if entry.generation != generation || entry.parked.is_none() {
+            return None;
+        }
+        let entry = entries.remove(client_id)?;
+        drop(entries);
+        let parked = entry.parked?;
+        if let Some(journal) = router.journal() {
+            journal.session_end(&Arc::from(client_id));
+        }
+        let mut held = Held {
+            client_id: Arc::from(client_id),
+            session: parked.session,
+            subscriptions: parked.subscriptions,
+            mailbox: entry.mailbox,
+            takeover: entry.takeover,
+            generation,
+            session_present: false,
+        };
+        Some(discard(&mut held, router))
+    }
+
+    /// Parks the sessions recovered from the journal, their subscriptions back in the
+    /// router and their queued messages in their mailboxes, as if their clients had just
+    /// disconnected. Returns `(client id, generation, expiry)` for each, to schedule.
+    pub fn restore(
+        &self,
+        recovered: Vec<RecoveredSession>,
+        router: &Router,
+    ) -> Vec<(Arc<str>, u64, u32)> {
+        let mut restored = Vec::new();
+        for r in recovered {
+            let generation = self.generation();
+            let mailbox = Arc::new(Mailbox::new(self.mailbox_limits));
+            mailbox.set_persistent(true);
+            mailbox.put_back(r.queued.into_iter());
+            let mut subscriptions = HashMap::new();
+            for (filter, options, id) in r.subscriptions {
+                let subscriber = super::router::Subscriber {
+                    mailbox: Arc::clone(&mailbox),
+                    options,
+                    id,
+                    // Not journaled: read checks treat a restored subscription as
+                    // anonymous until the client subscribes again.
+                    username: None,
+                };
+                router.subscribe(&r.client_id, &filter, subscriber);
+                subscriptions.insert(filter, SubscriptionRecord { options, id });
+            }
+            let mut session = self.new_session(&r.client_id);
+            session.set_session_expiry_interval(r.expiry);
+            self.lock().insert(
+                Arc::clone(&r.client_id),
+                Entry {
+                    generation,
+                    mailbox,
+                    parked: Some(Parked {
+                        session,
+                        subscriptions,
+                    }),
+                    takeover: Arc::new(Notify::new()),
+                    released: Arc::new(Notify::new()),
+                },
+            );
+            restored.push((r.client_id, generation, r.expiry));
+        }
+        restored
+    }
+
+    /// True if another connection for `client_id` started after `generation` (which
+    /// cancels a delayed will).
+    pub fn reconnected_since(&self, client_id: &str, generation: u64) -> bool {
+        self.lock()
+            .get(client_id)
+            .is_some_and(|e| e.generation != generation)
+    }
+
+    /// True while `generation` still holds or parks the session of `client_id` (the
+    /// client has not connected again since).
+    pub fn is_current(&self, client_id: &str, generation: u64) -> bool {
+        self.lock()
+            .get(client_id)
+            .is_some_and(|e| e.generation == generation)
+    }
+}
+
+/// Drops a session's subscriptions from the router and its queued messages.
+fn discard(held: &mut Held, router: &Router) -> usize {
+    router.unsubscribe_all(&held.client_id, held.subscriptions.keys());
+    held.subscriptions.clear();
+    held.mailbox.clear() + held.session.discard_state()
+}

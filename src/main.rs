@@ -21,6 +21,7 @@ commands:
   broker [-p PORT]         run the MQTT broker alone (like mosquitto -p; --help for options)
   pub [options]            publish MQTT messages (like mosquitto_pub; --help for options)
   sub [options]            print MQTT messages (like mosquitto_sub; --help for options)
+  passwd FILE USER         edit the broker's password file (like mosquitto_passwd; --help)
   decode [-V 311|5] HEX    print the MQTT packets in HEX (spaces allowed; default -V 5)
   --version                print the version
   --help                   print this help";
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
             Ok(cli::Command::Run(opts)) => finish("sub", block_on(cli::run::subscribe(opts))),
             Err(e) => usage_error("sub", &e),
         },
+        ["passwd", rest @ ..] => cli::passwd::run(rest),
         ["decode", rest @ ..] => match decode_command(rest) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {

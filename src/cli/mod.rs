@@ -26,6 +26,7 @@
 mod format;
 mod options;
 pub mod broker;
+pub mod passwd;
 mod pub_args;
 pub mod run;
 mod sub_args;

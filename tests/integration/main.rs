@@ -4,6 +4,7 @@
 // Test code may unwrap, helpers included: a panic is a test failure with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod broker_auth;
 mod cli;
 mod cli_pub_sub;
 mod client_faults;

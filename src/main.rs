@@ -47,7 +47,9 @@ fn main() -> ExitCode {
         }
         ["broker", rest @ ..] => match cli::broker::parse_broker(rest) {
             Ok(cli::Command::Help(text)) => help(text),
-            Ok(cli::Command::Run(opts)) => finish("broker", block_on_threads(cli::broker::run(opts))),
+            Ok(cli::Command::Run(opts)) => {
+                finish("broker", block_on_threads(cli::broker::run(opts)))
+            }
             Err(e) => usage_error("broker", &e),
         },
         ["pub", rest @ ..] => match cli::parse_pub(rest) {
@@ -112,7 +114,10 @@ fn block_on<F: std::future::Future<Output = cli::run::Outcome>>(run: F) -> cli::
 fn block_on_threads<F: std::future::Future<Output = cli::run::Outcome>>(
     run: F,
 ) -> cli::run::Outcome {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime.block_on(run),
         Err(e) => cli::run::Outcome {
             code: cli::EXIT_ERROR,

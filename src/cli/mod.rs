@@ -23,9 +23,9 @@
 //! As with mosquitto, 3.1.1's refusal 1 (unacceptable protocol version) shares its value
 //! with [`EXIT_USAGE`]. mosquitto exits 1 where we use 69 and 70.
 
+pub mod broker;
 mod format;
 mod options;
-pub mod broker;
 pub mod passwd;
 mod pub_args;
 pub mod run;

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod broker_auth;
+mod broker_transport;
 mod cli;
 mod cli_pub_sub;
 mod client_faults;

@@ -100,6 +100,18 @@ pub(super) async fn serve(stream: TcpStream, core: Arc<Core>) {
     Connection::run(stream, core).await;
 }
 
+/// TLS: the handshake is bounded by the connect timeout, like the wait for CONNECT.
+pub(super) async fn serve_tls(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    core: Arc<Core>,
+) {
+    let handshake = tokio::time::timeout(core.config.connect_timeout, acceptor.accept(stream));
+    if let Ok(Ok(tls)) = handshake.await {
+        Connection::run(Buffered(tls), core).await;
+    }
+}
+
 pub(super) async fn serve_websocket(stream: TcpStream, core: Arc<Core>) {
     let limits = super::websocket::WsLimits::default();
     let upgraded = tokio::time::timeout(
@@ -122,6 +134,11 @@ struct Connection<S> {
     read_buf: BytesMut,
     write_buf: BytesMut,
     scratch: Vec<Outgoing>,
+    /// Why the session ended, once it reported `Event::Closed`.
+    closed: Option<CloseReason>,
+    /// The session's drop count already added to the broker's (a resumed session
+    /// brings the count of its earlier connections).
+    drops_counted: u64,
 }
 
 impl<S: ReadInto> Connection<S> {
@@ -136,7 +153,9 @@ impl<S: ReadInto> Connection<S> {
             Ok(Ok(connect)) => connect,
             Ok(Err(refusal)) => {
                 if let Some((packet, protocol)) = refusal {
-                    core.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                    core.stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     let _ = write_packet(&mut io, &packet, protocol).await;
                 }
                 let _ = io.shutdown().await;
@@ -150,7 +169,9 @@ impl<S: ReadInto> Connection<S> {
         // Authentication (may be slow: a blocking thread).
         let username: Option<Arc<str>> = connect.username.as_ref().map(|u| Arc::from(u.as_str()));
         if let Err(reason) = authenticate(&core, &connect).await {
-            core.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            core.stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             if let Some((packet, protocol)) = refuse(reason) {
                 let _ = write_packet(&mut io, &packet, protocol).await;
             }
@@ -161,8 +182,7 @@ impl<S: ReadInto> Connection<S> {
         let (client_id, assigned) = if connect.client_id.is_empty() {
             if protocol == ProtocolVersion::V311 && !connect.clean_start {
                 // [MQTT-3.1.3-8]: 3.1.1 refuses an empty id with a persistent session.
-                if let Some((packet, protocol)) = refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
-                {
+                if let Some((packet, protocol)) = refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID) {
                     let _ = write_packet(&mut io, &packet, protocol).await;
                 }
                 return;
@@ -190,6 +210,7 @@ impl<S: ReadInto> Connection<S> {
         core.stats
             .sessions
             .store(core.sessions.len(), Ordering::Relaxed);
+        let drops_counted = held.session.dropped();
         let mut connection = Connection {
             io,
             core: Arc::clone(&core),
@@ -199,6 +220,8 @@ impl<S: ReadInto> Connection<S> {
             read_buf,
             write_buf: BytesMut::new(),
             scratch: Vec::new(),
+            closed: None,
+            drops_counted,
         };
         let now = StdInstant::now();
         let present = connection.held.session_present;
@@ -206,6 +229,11 @@ impl<S: ReadInto> Connection<S> {
             .held
             .session
             .accept(&connect, present, assigned, now);
+        // Packets the client sent right behind CONNECT (without waiting for CONNACK, as
+        // it may) are already buffered: nothing would wake the loop for them.
+        if !connection.read_buf.is_empty() {
+            connection.decode_all(now).await;
+        }
         connection.record_session();
         let reason = connection.serve().await;
         core.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
@@ -228,27 +256,15 @@ impl<S: ReadInto> Connection<S> {
                     self.held.session.deliver(outgoing, now);
                 }
             }
-            // 2. Session events: route, subscribe, or end.
-            let mut closed = None;
-            while let Some(event) = self.held.session.poll_event() {
-                match event {
-                    Event::Publish(publish) => self.publish(publish, now).await,
-                    Event::Subscribe(subscribe) => self.subscribe(subscribe, now),
-                    Event::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe),
-                    Event::Closed(reason) => closed = Some(reason),
-                    Event::Finished { journal_seq } => {
-                        if let Some(journal) = self.persisting() {
-                            journal.finished(&self.held.client_id, journal_seq);
-                        }
-                    }
-                }
-            }
+            // 2. Session events (from a timeout, a takeover, ...): route, subscribe, end.
+            self.handle_events(now).await;
+            self.count_session_drops();
             // 3. Write what the session wants sent.
             if self.write_pending().await.is_err() {
                 self.held.session.handle_closed(now);
-                return closed.unwrap_or(CloseReason::ConnectionLost);
+                return self.closed.take().unwrap_or(CloseReason::ConnectionLost);
             }
-            if let Some(reason) = closed {
+            if let Some(reason) = self.closed.take() {
                 return reason;
             }
             if self.held.session.wants_messages() && !self.held.mailbox.is_empty() {
@@ -268,7 +284,7 @@ impl<S: ReadInto> Connection<S> {
                         }
                         Ok(n) => {
                             self.core.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                            self.decode_all(now);
+                            self.decode_all(now).await;
                         }
                     }
                 }
@@ -280,17 +296,60 @@ impl<S: ReadInto> Connection<S> {
         }
     }
 
-    fn decode_all(&mut self, now: StdInstant) {
+    /// Adds the messages the session dropped since the last call (too large for the
+    /// client, expired while waiting) to `$SYS/broker/publish/messages/dropped`: drops
+    /// are counted, never silent.
+    fn count_session_drops(&mut self) {
+        let dropped = self.held.session.dropped();
+        let new = dropped.saturating_sub(self.drops_counted);
+        if new > 0 {
+            self.core
+                .stats
+                .publish_dropped
+                .fetch_add(new, Ordering::Relaxed);
+        }
+        self.drops_counted = dropped;
+    }
+
+    /// Acts on what the session reported: routes, subscribes, notes the end.
+    async fn handle_events(&mut self, now: StdInstant) {
+        while let Some(event) = self.held.session.poll_event() {
+            match event {
+                Event::Publish(publish) => self.publish(publish, now).await,
+                Event::Subscribe(subscribe) => self.subscribe(subscribe, now),
+                Event::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe),
+                Event::Closed(reason) => self.closed = Some(reason),
+                Event::Finished { journal_seq } => {
+                    if let Some(journal) = self.persisting() {
+                        journal.finished(&self.held.client_id, journal_seq);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn decode_all(&mut self, now: StdInstant) {
         let max = u32::try_from(self.held.session.max_incoming_packet_size()).unwrap_or(u32::MAX);
         let protocol = self.held.session.protocol();
         loop {
             match codec::decode(&mut self.read_buf, max, protocol) {
                 Ok(Some(packet)) => {
-                    self.core.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                    self.core
+                        .stats
+                        .messages_received
+                        .fetch_add(1, Ordering::Relaxed);
                     if matches!(packet, Packet::Publish(_)) {
-                        self.core.stats.publish_received.fetch_add(1, Ordering::Relaxed);
+                        self.core
+                            .stats
+                            .publish_received
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     self.held.session.handle_packet(packet, now);
+                    // Answer each packet before reading the next, so that answers go
+                    // out in the order of the requests (a SUBACK before the PINGRESP of
+                    // a PINGREQ sent after the SUBSCRIBE; PUBACKs in PUBLISH order
+                    // [MQTT-4.6.0-2]).
+                    self.handle_events(now).await;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -309,7 +368,10 @@ impl<S: ReadInto> Connection<S> {
     async fn write_pending(&mut self) -> std::io::Result<()> {
         let protocol = self.held.session.protocol();
         while let Some(packet) = self.held.session.poll_packet() {
-            self.core.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+            self.core
+                .stats
+                .messages_sent
+                .fetch_add(1, Ordering::Relaxed);
             if matches!(packet, Packet::Publish(_)) {
                 self.core.stats.publish_sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -333,7 +395,10 @@ impl<S: ReadInto> Connection<S> {
         self.write_buf = BytesMut::new();
         match written {
             Ok(Ok(())) => {
-                self.core.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                self.core
+                    .stats
+                    .bytes_sent
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
@@ -498,13 +563,21 @@ impl<S: ReadInto> Connection<S> {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
         let core = Arc::clone(&self.core);
         self.held.session.handle_closed(StdInstant::now());
+        self.count_session_drops();
         let will = self.will.take().filter(|_| reason.publishes_will());
         let username = self.username.clone();
         let client_id = Arc::clone(&self.held.client_id);
         let generation = self.held.generation;
         let expiry = core.sessions.release(self.held, &core.router);
         if let Some(will) = will {
-            schedule_will(&core, will, username, Arc::clone(&client_id), generation, expiry);
+            schedule_will(
+                &core,
+                will,
+                username,
+                Arc::clone(&client_id),
+                generation,
+                expiry,
+            );
         }
         if let Some(after) = expiry {
             schedule_expiry(&core, client_id, generation, after);
@@ -528,8 +601,7 @@ async fn read_connect<S: ReadInto>(
             Ok(None) => {}
             Err(DecodeError::UnsupportedProtocolLevel(_)) => {
                 // [MQTT-3.1.2-2]: answer in 3.1.1 form, which every version can read.
-                let packet =
-                    ServerSession::refusal(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, None);
+                let packet = ServerSession::refusal(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, None);
                 return Err(Some((packet, ProtocolVersion::V311)));
             }
             Err(_) => return Err(None),
@@ -542,8 +614,10 @@ async fn read_connect<S: ReadInto>(
 }
 
 async fn authenticate(core: &Core, connect: &Connect) -> Result<(), ReasonCode> {
+    // Without a password file nobody can prove who they are: a user name alone is no
+    // better than none (Mosquitto 2 behaves the same).
     let Some(authenticator) = core.config.authenticator.clone() else {
-        return if core.config.allow_anonymous || connect.username.is_some() {
+        return if core.config.allow_anonymous {
             Ok(())
         } else {
             Err(ReasonCode::NOT_AUTHORIZED)
@@ -558,6 +632,12 @@ async fn authenticate(core: &Core, connect: &Connect) -> Result<(), ReasonCode> 
     }
     let username = connect.username.as_ref().map(|u| u.as_str().to_owned());
     let password: Option<Bytes> = connect.password.clone();
+    // Slow hashes on a few blocking threads at most: a flood of wrong passwords queues
+    // here instead of occupying every blocking thread (the wait counts against the
+    // connect timeout).
+    let Ok(_permit) = core.auth_checks.acquire().await else {
+        return Err(ReasonCode::SERVER_UNAVAILABLE);
+    };
     tokio::task::spawn_blocking(move || {
         authenticator.authenticate(username.as_deref(), password.as_deref())
     })
@@ -603,9 +683,8 @@ fn schedule_will(
     generation: u64,
     expiry: Option<Duration>,
 ) {
-    let will_delay = Duration::from_secs(u64::from(
-        will.properties.will_delay_interval.unwrap_or(0),
-    ));
+    let will_delay =
+        Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
     let delay = match expiry {
         Some(expiry) => will_delay.min(expiry),
         // The session ended at once: the will goes now. A session that never expires
@@ -665,7 +744,12 @@ fn publish_will(core: &Core, will: Will, username: Option<&str>, client_id: Arc<
     core.router.publish(&message, core.read_check());
 }
 
-pub(super) fn schedule_expiry(core: &Arc<Core>, client_id: Arc<str>, generation: u64, after: Duration) {
+pub(super) fn schedule_expiry(
+    core: &Arc<Core>,
+    client_id: Arc<str>,
+    generation: u64,
+    after: Duration,
+) {
     let core = Arc::clone(core);
     tokio::spawn(async move {
         tokio::time::sleep(after).await;

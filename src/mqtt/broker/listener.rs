@@ -6,9 +6,17 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use super::{Core, Transport, connection};
+use super::{Core, connection};
 
-pub(super) async fn accept_loop(socket: TcpListener, transport: Transport, core: Arc<Core>) {
+/// What a listener does with an accepted socket before MQTT starts.
+#[derive(Clone)]
+pub(super) enum Accepting {
+    Tcp,
+    Tls(tokio_rustls::TlsAcceptor),
+    WebSocket,
+}
+
+pub(super) async fn accept_loop(socket: TcpListener, accepting: Accepting, core: Arc<Core>) {
     let mut shutdown = core.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -37,11 +45,12 @@ pub(super) async fn accept_loop(socket: TcpListener, transport: Transport, core:
         // Small packets (acknowledgements) must not wait for Nagle's timer.
         let _ = stream.set_nodelay(true);
         let core = Arc::clone(&core);
-        let transport = transport.clone();
+        let accepting = accepting.clone();
         tokio::spawn(async move {
-            match transport {
-                Transport::Tcp => connection::serve(stream, core).await,
-                Transport::WebSocket => connection::serve_websocket(stream, core).await,
+            match accepting {
+                Accepting::Tcp => connection::serve(stream, core).await,
+                Accepting::Tls(acceptor) => connection::serve_tls(stream, acceptor, core).await,
+                Accepting::WebSocket => connection::serve_websocket(stream, core).await,
             }
             drop(permit);
         });

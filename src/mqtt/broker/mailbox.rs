@@ -90,8 +90,7 @@ impl Mailbox {
         let size = size_of(&outgoing);
         {
             let mut inbox = self.lock();
-            if !inbox.online && outgoing.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline
-            {
+            if !inbox.online && outgoing.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
                 drop(inbox);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::Offline);

@@ -21,6 +21,7 @@ pub mod router;
 pub mod sessions;
 pub mod stats;
 pub mod subscriptions;
+pub mod tls;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ use stats::Stats;
 pub enum Transport {
     /// MQTT straight over TCP.
     Tcp,
+    /// MQTT over TLS (usually port 8883), optionally with client certificates.
+    Tls(tls::TlsListenerConfig),
     /// MQTT over WebSocket (`ws://`, subprotocol `mqtt`), for browser dashboards.
     WebSocket,
 }
@@ -58,14 +61,42 @@ pub struct ListenerConfig {
 pub trait Authenticator: Send + Sync + std::fmt::Debug {
     /// `Ok` to accept; `Err(reason)` refuses with that CONNACK code (0x86 bad user name
     /// or password, 0x87 not authorized).
-    fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), ReasonCode>;
+    fn authenticate(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<(), ReasonCode>;
 }
 
 /// Decides what an authenticated client may do (the ACL).
 pub trait Authorizer: ReadCheck + Send + Sync + std::fmt::Debug {
     fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &TopicName) -> bool;
-    fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &TopicFilter)
-    -> bool;
+    fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &TopicFilter) -> bool;
+}
+
+impl Authenticator for auth::PasswordFile {
+    fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), ReasonCode> {
+        match (username, password) {
+            (Some(user), Some(password)) if self.verify(user, password) => Ok(()),
+            _ => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+        }
+    }
+}
+
+impl ReadCheck for auth::Acl {
+    fn may_receive(&self, username: Option<&str>, client_id: &str, topic: &TopicName) -> bool {
+        self.can_receive(username, client_id, topic)
+    }
+}
+
+impl Authorizer for auth::Acl {
+    fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &TopicName) -> bool {
+        self.can_publish(username, client_id, topic)
+    }
+
+    fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &TopicFilter) -> bool {
+        self.can_subscribe(username, client_id, filter)
+    }
 }
 
 /// Everything the broker needs to run.
@@ -122,6 +153,11 @@ pub enum BrokerError {
     NoListener,
     #[error(transparent)]
     Persistence(#[from] persist::PersistError),
+    #[error("TLS listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: tls::TlsError,
+    },
 }
 
 /// State shared by every connection task.
@@ -132,6 +168,8 @@ struct Core {
     sessions: Sessions,
     stats: Arc<Stats>,
     connections: Arc<Semaphore>,
+    /// Password checks running at once (each is deliberately slow).
+    auth_checks: Semaphore,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -173,6 +211,7 @@ impl Broker {
             router: Router::new(Arc::clone(&stats), journal),
             sessions: Sessions::new(config.session.clone(), config.mailbox),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            auth_checks: Semaphore::new(2),
             stats,
             shutdown,
             config,
@@ -186,7 +225,8 @@ impl Broker {
         for message in &recovered.retained {
             core.router.restore_retained(message);
         }
-        for (client_id, generation, expiry) in core.sessions.restore(recovered.sessions, &core.router)
+        for (client_id, generation, expiry) in
+            core.sessions.restore(recovered.sessions, &core.router)
         {
             if expiry != u32::MAX {
                 connection::schedule_expiry(
@@ -203,6 +243,18 @@ impl Broker {
         let mut local_addrs = Vec::new();
         let mut tasks = Vec::new();
         for listener in &core.config.listeners {
+            let accepting = match &listener.transport {
+                Transport::Tcp => listener::Accepting::Tcp,
+                Transport::WebSocket => listener::Accepting::WebSocket,
+                Transport::Tls(config) => {
+                    listener::Accepting::Tls(tls::acceptor(config).map_err(|source| {
+                        BrokerError::Tls {
+                            addr: listener.bind,
+                            source,
+                        }
+                    })?)
+                }
+            };
             let socket = tokio::net::TcpListener::bind(listener.bind)
                 .await
                 .map_err(|source| BrokerError::Bind {
@@ -212,7 +264,7 @@ impl Broker {
             local_addrs.push(socket.local_addr().unwrap_or(listener.bind));
             tasks.push(tokio::spawn(listener::accept_loop(
                 socket,
-                listener.transport.clone(),
+                accepting,
                 Arc::clone(&core),
             )));
         }

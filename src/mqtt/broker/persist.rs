@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 
 use crate::mqtt::codec;
 use crate::mqtt::packet::{
-    Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscribeProperties,
-    Subscription, SubscriptionId, SubscriptionOptions,
+    Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscribeProperties, Subscription,
+    SubscriptionId, SubscriptionOptions,
 };
 use crate::mqtt::session::server::{Message, Outgoing};
 use crate::mqtt::string::MqttString;
@@ -104,7 +104,12 @@ enum Record {
     Retain(TopicName, Option<u64>),
     Session(Arc<str>, u32),
     SessionEnd(Arc<str>),
-    Subscribe(Arc<str>, TopicFilter, SubscriptionOptions, Option<SubscriptionId>),
+    Subscribe(
+        Arc<str>,
+        TopicFilter,
+        SubscriptionOptions,
+        Option<SubscriptionId>,
+    ),
     Unsubscribe(Arc<str>, TopicFilter),
     Enqueue(Arc<str>, Queued),
     Finished(Arc<str>, u64),
@@ -932,7 +937,11 @@ mod tests {
         let session = &recovered.sessions[0];
         assert_eq!(session.expiry, 60);
         assert_eq!(session.subscriptions[0].2, SubscriptionId::new(7));
-        let queued: Vec<_> = session.queued.iter().map(|o| o.message.payload.clone()).collect();
+        let queued: Vec<_> = session
+            .queued
+            .iter()
+            .map(|o| o.message.payload.clone())
+            .collect();
         assert_eq!(queued, vec![Bytes::from_static(b"two")]);
         assert_eq!(model.messages.len(), 2, "the finished message is gone");
     }

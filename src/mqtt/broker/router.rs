@@ -116,14 +116,25 @@ impl Router {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut tree = Tree::clone(&self.snapshot.load());
         f(&mut tree);
-        self.stats.subscriptions.store(tree.len(), Ordering::Relaxed);
+        self.stats
+            .subscriptions
+            .store(tree.len(), Ordering::Relaxed);
         self.snapshot.store(Arc::new(tree));
     }
 
     /// Adds or replaces `client`'s subscription; true if it existed before.
-    pub fn subscribe(&self, client: &Arc<str>, filter: &TopicFilter, subscriber: Subscriber) -> bool {
+    pub fn subscribe(
+        &self,
+        client: &Arc<str>,
+        filter: &TopicFilter,
+        subscriber: Subscriber,
+    ) -> bool {
         let mut existed = false;
-        self.change(|tree| existed = tree.insert(filter, Arc::clone(client), subscriber).is_some());
+        self.change(|tree| {
+            existed = tree
+                .insert(filter, Arc::clone(client), subscriber)
+                .is_some()
+        });
         existed
     }
 
@@ -154,9 +165,7 @@ impl Router {
         tree.for_each_match(&message.topic, |m| match m {
             Match::Single(key, subscriber) => {
                 // [MQTT-3.8.3-3]: No Local: not back to the publisher.
-                if subscriber.options.no_local
-                    && message.publisher.as_deref() == Some(&**key)
-                {
+                if subscriber.options.no_local && message.publisher.as_deref() == Some(&**key) {
                     return;
                 }
                 add_target(&mut targets, key, subscriber, message.qos);

@@ -91,7 +91,10 @@ impl Sessions {
     }
 
     fn generation(&self) -> u64 {
-        let mut g = self.next_generation.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self
+            .next_generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         *g += 1;
         *g
     }

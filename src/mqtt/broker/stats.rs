@@ -73,15 +73,24 @@ impl Stats {
                 sessions.saturating_sub(connected).to_string(),
             ),
             ("$SYS/broker/clients/total", sessions.to_string()),
-            ("$SYS/broker/subscriptions/count", count(&self.subscriptions)),
+            (
+                "$SYS/broker/subscriptions/count",
+                count(&self.subscriptions),
+            ),
             ("$SYS/broker/retained messages/count", count(&self.retained)),
-            ("$SYS/broker/messages/received", load(&self.messages_received)),
+            (
+                "$SYS/broker/messages/received",
+                load(&self.messages_received),
+            ),
             ("$SYS/broker/messages/sent", load(&self.messages_sent)),
             (
                 "$SYS/broker/publish/messages/received",
                 load(&self.publish_received),
             ),
-            ("$SYS/broker/publish/messages/sent", load(&self.publish_sent)),
+            (
+                "$SYS/broker/publish/messages/sent",
+                load(&self.publish_sent),
+            ),
             (
                 "$SYS/broker/publish/messages/dropped",
                 load(&self.publish_dropped),

@@ -368,6 +368,7 @@ impl ServerSession {
             self.clear_session_state();
         }
         // Resend in the original order; aliases are per connection, so full topics.
+        let mut unsendable = Vec::new();
         for i in 0..self.inflight.len() {
             let flow = &self.inflight[i];
             let packet = match flow.state {
@@ -375,12 +376,26 @@ impl ServerSession {
                     let (id, outgoing) = (flow.id, flow.outgoing.clone());
                     match self.build_publish(&outgoing, Some(id), true, now) {
                         Some(publish) => Packet::Publish(publish),
-                        None => continue,
+                        None => {
+                            unsendable.push(id);
+                            continue;
+                        }
                     }
                 }
                 FlowState::Released => Packet::PubRel(PubResponse::success(flow.id)),
             };
             self.packets.push_back(packet);
+        }
+        // Too large for the Maximum Packet Size of this connection [MQTT-3.1.2-25]: the
+        // flow is over, or it would hold a window slot and a packet id for ever.
+        for id in unsendable {
+            if let Some(i) = self.inflight.iter().position(|f| f.id == id)
+                && let Some(flow) = self.inflight.remove(i)
+            {
+                self.dropped += 1;
+                self.finished(&flow.outgoing);
+            }
+            self.ids.release(id);
         }
         self.pump(now);
     }
@@ -831,6 +846,7 @@ impl ServerSession {
         let message = &outgoing.message;
         let mut properties = PublishProperties::default();
         let mut topic = message.topic.clone();
+        let mut new_alias = None;
         if link.protocol == ProtocolVersion::V5 {
             properties = message.properties.clone();
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
@@ -849,7 +865,10 @@ impl ServerSession {
                     .filter(|&a| a <= link.client_alias_maximum)
                     .and_then(NonZeroU16::new)
                 {
-                    link.aliases_out.insert(topic.clone(), alias);
+                    // Recorded only once the packet is known to be sent (below): a
+                    // mapping the client never received would make the next message
+                    // on this topic, sent as the alias alone, unreadable to it.
+                    new_alias = Some(alias);
                     properties.topic_alias = Some(alias);
                 }
             }
@@ -868,6 +887,9 @@ impl ServerSession {
             if len > max as usize {
                 return None;
             }
+        }
+        if let Some(alias) = new_alias {
+            link.aliases_out.insert(publish.topic.clone(), alias);
         }
         Some(publish)
     }

@@ -2,4 +2,5 @@
 //! publishes telemetry over MQTT through its own client, with a local broker for LAN
 //! devices. See ARCHITECTURE.md for the map; this crate root only names the modules.
 
+pub mod config;
 pub mod mqtt;

@@ -11,11 +11,14 @@ use super::run::Outcome;
 use super::{CliError, Command, EXIT_ERROR, EXIT_OK};
 
 pub const HELP: &str = "\
-usage: fieldgate broker [-p PORT] [--websocket-port PORT] [--state-dir DIR] [--fsync POLICY] [-v]
+usage: fieldgate broker -c FILE [-v]
+       fieldgate broker [-p PORT] [--websocket-port PORT] [--state-dir DIR] [--fsync POLICY] [-v]
 
-Runs the MQTT 3.1.1/5.0 broker alone, anonymous access, on 127.0.0.1 (like
-`mosquitto -p PORT` in Mosquitto 2).
+Runs the MQTT 3.1.1/5.0 broker alone: from the `broker:` section of a YAML configuration
+file (listeners, TLS, password file, ACL, limits, persistence), or with no file on
+127.0.0.1 with anonymous access (like `mosquitto -p PORT` in Mosquitto 2).
 
+  -c, --config FILE        the YAML configuration (the gateway's own file works)
   -p, --port PORT          TCP listener port (default 1883; 0 picks a free one)
   --websocket-port PORT    also listen for MQTT over WebSocket (ws://, subprotocol mqtt)
   --state-dir DIR          keep retained messages and persistent sessions in DIR
@@ -28,6 +31,8 @@ Runs the MQTT 3.1.1/5.0 broker alone, anonymous access, on 127.0.0.1 (like
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerOptions {
+    /// `-c FILE`: the `broker:` section of this YAML file decides everything.
+    pub config: Option<std::path::PathBuf>,
     pub port: u16,
     pub websocket_port: Option<u16>,
     pub state_dir: Option<std::path::PathBuf>,
@@ -37,6 +42,7 @@ pub struct BrokerOptions {
 
 pub fn parse_broker(args: &[&str]) -> Result<Command<BrokerOptions>, CliError> {
     let mut opts = BrokerOptions {
+        config: None,
         port: 1883,
         websocket_port: None,
         state_dir: None,
@@ -71,9 +77,11 @@ pub fn parse_broker(args: &[&str]) -> Result<Command<BrokerOptions>, CliError> {
                 }
             }
             "-c" | "--config" => {
-                return Err(CliError::UnsupportedOption(format!(
-                    "{arg} (the YAML configuration comes with the gateway's config work)"
-                )));
+                let file = args.next().ok_or_else(|| CliError::MissingValue {
+                    flag: arg.to_string(),
+                    expects: "a YAML configuration file",
+                })?;
+                opts.config = Some(file.into());
             }
             other if other.starts_with('-') => {
                 return Err(CliError::UnknownOption(other.to_string()));
@@ -100,6 +108,31 @@ fn port(flag: &str, value: Option<&&str>) -> Result<u16, CliError> {
 
 /// Runs the broker until SIGINT/SIGTERM, then disconnects clients cleanly.
 pub async fn run(opts: BrokerOptions) -> Outcome {
+    let config = match &opts.config {
+        Some(file) => match fieldgate::config::load(file) {
+            Ok(config) => match config.broker {
+                Some(broker) => broker,
+                None => {
+                    return Outcome {
+                        code: super::EXIT_USAGE,
+                        message: Some(format!("{}: no `broker:` section", file.display())),
+                    };
+                }
+            },
+            Err(e) => {
+                return Outcome {
+                    code: super::EXIT_USAGE,
+                    message: Some(format!("{}:\n{e}", file.display())),
+                };
+            }
+        },
+        None => command_line_config(&opts),
+    };
+    serve(config, opts.verbose).await
+}
+
+/// `-p`, `--websocket-port`, `--state-dir`, `--fsync`: a broker on 127.0.0.1.
+fn command_line_config(opts: &BrokerOptions) -> BrokerConfig {
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut listeners = vec![ListenerConfig {
         bind: SocketAddr::new(localhost, opts.port),
@@ -111,15 +144,18 @@ pub async fn run(opts: BrokerOptions) -> Outcome {
             transport: Transport::WebSocket,
         });
     }
-    let persistence = opts.state_dir.map(|dir| PersistConfig {
+    let persistence = opts.state_dir.as_ref().map(|dir| PersistConfig {
         fsync: opts.fsync,
         ..PersistConfig::new(dir)
     });
-    let config = BrokerConfig {
+    BrokerConfig {
         listeners,
         persistence,
         ..BrokerConfig::default()
-    };
+    }
+}
+
+async fn serve(config: BrokerConfig, verbose: bool) -> Outcome {
     let broker = match Broker::start(config).await {
         Ok(broker) => broker,
         Err(e) => {
@@ -129,7 +165,7 @@ pub async fn run(opts: BrokerOptions) -> Outcome {
             };
         }
     };
-    if opts.verbose {
+    if verbose {
         for addr in broker.local_addrs() {
             eprintln!("fieldgate broker: listening on {addr}");
         }

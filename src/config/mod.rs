@@ -1,0 +1,494 @@
+//! The YAML configuration: read, checked as a whole, turned into typed settings before
+//! anything starts. Every problem found is reported at once with its YAML path and line
+//! (`broker.listeners[1].bind: "x" is not an address (line 7)`); unknown keys are
+//! errors. `raw` mirrors the file; this module gives it meaning. It must not start
+//! anything: callers (the broker, the gateway) take the result.
+//!
+//! Sections so far: `gateway` (id, state directory, topic prefix) and `broker`.
+
+pub mod raw;
+pub mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::mqtt::broker::auth::{Acl, PasswordFile};
+use crate::mqtt::broker::persist::{Fsync, PersistConfig};
+use crate::mqtt::broker::tls::TlsListenerConfig;
+use crate::mqtt::broker::{BrokerConfig, ListenerConfig, Transport};
+use raw::{RawBroker, RawConfig, RawLimits, Text};
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: Gateway,
+    /// `None` when the file has no `broker:` section (no local broker).
+    pub broker: Option<BrokerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    pub id: String,
+    /// Where persistent state lives (the broker's journal under `broker/`).
+    pub state_dir: PathBuf,
+    /// Prefix of every topic the gateway publishes: `fieldgate/<id>` unless set.
+    pub topic_prefix: String,
+}
+
+/// One thing wrong in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, as a YAML path: `broker.listeners[1].bind`.
+    pub path: String,
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not YAML, a wrong type or an unknown key: the parser stops at the first.
+    #[error("{0}")]
+    Syntax(String),
+    /// Everything the checks found, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// The problems, one per line of output.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid(problems) => problems.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Reads and checks a configuration file. Relative paths inside it (password file, TLS
+/// files, state directory) are taken relative to the file's directory.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base)
+}
+
+/// Checks configuration text; relative paths are taken against `base`.
+pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| syntax_error(&e))?;
+    let mut check = Checker {
+        problems: Vec::new(),
+        base: base.to_path_buf(),
+    };
+    let gateway = check.gateway(&raw);
+    let broker = raw
+        .broker
+        .as_ref()
+        .map(|b| check.broker(b, &gateway.state_dir));
+    if check.problems.is_empty() {
+        Ok(Config { gateway, broker })
+    } else {
+        Err(ConfigError::Invalid(check.problems))
+    }
+}
+
+fn syntax_error(e: &serde_saphyr::Error) -> ConfigError {
+    // The parser's own text names the key or value; add the line when it knows it.
+    let message = e.to_string();
+    let message = message.lines().next().unwrap_or("invalid YAML").to_string();
+    match e.location() {
+        Some(at) if !message.contains("line") => {
+            ConfigError::Syntax(format!("{message} (line {})", at.line()))
+        }
+        _ => ConfigError::Syntax(message),
+    }
+}
+
+struct Checker {
+    problems: Vec<Problem>,
+    base: PathBuf,
+}
+
+impl Checker {
+    fn problem(&mut self, path: &str, line: Option<u64>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_string(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn path(&self, text: &Text) -> PathBuf {
+        self.base.join(&text.value)
+    }
+
+    fn duration(&mut self, path: &str, text: &Option<Text>, default: Duration) -> Duration {
+        match text {
+            None => default,
+            Some(t) => units::parse_duration(&t.value).unwrap_or_else(|e| {
+                self.problem(path, Some(t.referenced.line()), e);
+                default
+            }),
+        }
+    }
+
+    fn size(&mut self, path: &str, text: &Option<Text>, default: u64) -> u64 {
+        match text {
+            None => default,
+            Some(t) => units::parse_size(&t.value).unwrap_or_else(|e| {
+                self.problem(path, Some(t.referenced.line()), e);
+                default
+            }),
+        }
+    }
+
+    fn number(
+        &mut self,
+        path: &str,
+        value: &Option<raw::Number>,
+        range: std::ops::RangeInclusive<u64>,
+        default: u64,
+    ) -> u64 {
+        match value {
+            None => default,
+            Some(n) if range.contains(&n.value) => n.value,
+            Some(n) => {
+                self.problem(
+                    path,
+                    Some(n.referenced.line()),
+                    format!(
+                        "{} is out of range {}..={}",
+                        n.value,
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn gateway(&mut self, raw: &RawConfig) -> Gateway {
+        let g = &raw.gateway;
+        let id = match &g.id {
+            Some(id) if id.value.is_empty() || id.value.contains(['/', '+', '#']) => {
+                self.problem(
+                    "gateway.id",
+                    Some(id.referenced.line()),
+                    format!(
+                        "{:?} must be non-empty without '/', '+' or '#' (it is a topic level)",
+                        id.value
+                    ),
+                );
+                "fieldgate".to_string()
+            }
+            Some(id) => id.value.clone(),
+            None => "fieldgate".to_string(),
+        };
+        let state_dir = match &g.state_dir {
+            Some(dir) => self.path(dir),
+            // systemd's StateDirectory= sets this; otherwise a directory next to us.
+            None => std::env::var_os("STATE_DIRECTORY")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("fieldgate-state")),
+        };
+        let topic_prefix = g
+            .topic_prefix
+            .as_ref()
+            .map_or_else(|| format!("fieldgate/{id}"), |p| p.value.clone());
+        Gateway {
+            id,
+            state_dir,
+            topic_prefix,
+        }
+    }
+
+    fn broker(&mut self, raw: &RawBroker, state_dir: &Path) -> BrokerConfig {
+        let mut config = BrokerConfig::default();
+        for (i, listener) in raw.listeners.iter().enumerate() {
+            let path = format!("broker.listeners[{i}]");
+            let line = Some(listener.bind.referenced.line());
+            let bind = match listener.bind.value.parse::<SocketAddr>() {
+                Ok(bind) => bind,
+                Err(_) => {
+                    self.problem(
+                        &format!("{path}.bind"),
+                        line,
+                        format!(
+                            "{:?} is not an address: write IP:PORT, e.g. 0.0.0.0:1883",
+                            listener.bind.value
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let transport = match (&listener.tls, listener.websocket) {
+                (Some(_), true) => {
+                    self.problem(
+                        &path,
+                        line,
+                        "tls and websocket together (wss://) are not supported yet; use one",
+                    );
+                    continue;
+                }
+                (Some(tls), false) => Transport::Tls(TlsListenerConfig {
+                    cert_file: self.path(&tls.cert_file),
+                    key_file: self.path(&tls.key_file),
+                    client_ca_file: tls.client_ca_file.as_ref().map(|f| self.path(f)),
+                    require_client_cert: tls.require_client_cert,
+                }),
+                (None, true) => Transport::WebSocket,
+                (None, false) => Transport::Tcp,
+            };
+            if let Transport::Tls(tls) = &transport {
+                for file in [&tls.cert_file, &tls.key_file]
+                    .into_iter()
+                    .chain(tls.client_ca_file.as_ref())
+                {
+                    if !file.exists() {
+                        self.problem(
+                            &format!("{path}.tls"),
+                            line,
+                            format!("{} does not exist", file.display()),
+                        );
+                    }
+                }
+                if tls.require_client_cert && tls.client_ca_file.is_none() {
+                    self.problem(
+                        &format!("{path}.tls.require_client_cert"),
+                        line,
+                        "needs client_ca_file: the CA that signs client certificates",
+                    );
+                }
+            }
+            config.listeners.push(ListenerConfig { bind, transport });
+        }
+        if raw.listeners.is_empty() {
+            self.problem(
+                "broker.listeners",
+                None,
+                "no listener: add one, e.g. `- bind: 127.0.0.1:1883`",
+            );
+        }
+        config.allow_anonymous = raw.allow_anonymous.unwrap_or(raw.password_file.is_none());
+        if let Some(file) = &raw.password_file {
+            match PasswordFile::load(&self.path(file)) {
+                Ok(passwords) => config.authenticator = Some(Arc::new(passwords)),
+                Err(e) => self.problem(
+                    "broker.password_file",
+                    Some(file.referenced.line()),
+                    e.to_string(),
+                ),
+            }
+        }
+        if let Some(file) = &raw.acl_file {
+            match Acl::load(&self.path(file)) {
+                Ok(acl) => config.authorizer = Some(Arc::new(acl)),
+                Err(e) => self.problem(
+                    "broker.acl_file",
+                    Some(file.referenced.line()),
+                    e.to_string(),
+                ),
+            }
+        }
+        if let Some(persistence) = &raw.persistence
+            && persistence.enabled != Some(false)
+        {
+            let interval = self.duration(
+                "broker.persistence.fsync_interval",
+                &persistence.fsync_interval,
+                Duration::from_secs(1),
+            );
+            let fsync = match persistence.fsync.as_ref().map(|f| (f.value.as_str(), f)) {
+                None | Some(("interval", _)) => Fsync::Interval(interval),
+                Some(("always", _)) => Fsync::Always,
+                Some(("never", _)) => Fsync::Never,
+                Some((other, f)) => {
+                    self.problem(
+                        "broker.persistence.fsync",
+                        Some(f.referenced.line()),
+                        format!("{other:?} is not one of always, interval, never"),
+                    );
+                    Fsync::Interval(interval)
+                }
+            };
+            config.persistence = Some(PersistConfig {
+                fsync,
+                ..PersistConfig::new(state_dir.join("broker"))
+            });
+        }
+        config.sys_interval = match &raw.sys_interval {
+            Some(t) if t.value == "off" => None,
+            other => Some(self.duration("broker.sys_interval", other, Duration::from_secs(10))),
+        };
+        self.limits(&raw.limits, &mut config);
+        config
+    }
+
+    fn limits(&mut self, raw: &RawLimits, config: &mut BrokerConfig) {
+        let p = |key: &str| format!("broker.limits.{key}");
+        config.max_connections = self.number(
+            &p("max_connections"),
+            &raw.max_connections,
+            1..=1_000_000,
+            config.max_connections as u64,
+        ) as usize;
+        let max_packet = self.size(
+            &p("max_packet_size"),
+            &raw.max_packet_size,
+            u64::from(config.session.maximum_packet_size.get()),
+        );
+        match u32::try_from(max_packet).ok().and_then(NonZeroU32::new) {
+            Some(max) if max.get() <= 268_435_460 => config.session.maximum_packet_size = max,
+            _ => self.problem(
+                &p("max_packet_size"),
+                raw.max_packet_size.as_ref().map(|t| t.referenced.line()),
+                "must be from 1 B to 256MiB (MQTT's limit)",
+            ),
+        }
+        let n16 = |this: &mut Self, key: &str, v: &Option<raw::Number>, default: NonZeroU16| {
+            let n = this.number(&p(key), v, 1..=65535, u64::from(default.get()));
+            NonZeroU16::new(u16::try_from(n).unwrap_or(u16::MAX)).unwrap_or(default)
+        };
+        config.session.receive_maximum = n16(
+            self,
+            "receive_maximum",
+            &raw.receive_maximum,
+            config.session.receive_maximum,
+        );
+        config.session.max_inflight = n16(
+            self,
+            "max_inflight",
+            &raw.max_inflight,
+            config.session.max_inflight,
+        );
+        config.mailbox.max_messages = self.number(
+            &p("max_queued_messages"),
+            &raw.max_queued_messages,
+            1..=100_000_000,
+            config.mailbox.max_messages as u64,
+        ) as usize;
+        config.mailbox.max_bytes = self.size(
+            &p("max_queued_bytes"),
+            &raw.max_queued_bytes,
+            config.mailbox.max_bytes as u64,
+        ) as usize;
+        config.max_topic_levels = self.number(
+            &p("max_topic_levels"),
+            &raw.max_topic_levels,
+            0..=10_000,
+            config.max_topic_levels as u64,
+        ) as usize;
+        let keep_alive = self.duration(
+            &p("max_keep_alive"),
+            &raw.max_keep_alive,
+            Duration::from_secs(u64::from(config.session.max_keep_alive)),
+        );
+        config.session.max_keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or_else(|_| {
+            self.problem(
+                &p("max_keep_alive"),
+                raw.max_keep_alive.as_ref().map(|t| t.referenced.line()),
+                "must be at most 65535s (MQTT's limit)",
+            );
+            0
+        });
+        config.connect_timeout = self.duration(
+            &p("connect_timeout"),
+            &raw.connect_timeout,
+            config.connect_timeout,
+        );
+        config.session.topic_alias_maximum = self.number(
+            &p("topic_alias_maximum"),
+            &raw.topic_alias_maximum,
+            0..=65535,
+            u64::from(config.session.topic_alias_maximum),
+        ) as u16;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        parse(yaml, Path::new("/nonexistent"))
+            .unwrap_err()
+            .problems()
+    }
+
+    #[test]
+    fn a_minimal_broker_section_gets_the_defaults() {
+        let config = parse(
+            "broker:\n  listeners:\n    - bind: 127.0.0.1:1883\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let broker = config.broker.unwrap();
+        assert_eq!(broker.listeners.len(), 1);
+        assert!(broker.allow_anonymous);
+        assert!(broker.persistence.is_none());
+        assert_eq!(config.gateway.topic_prefix, "fieldgate/fieldgate");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_path_and_line() {
+        let found = problems(
+            "broker:\n  listeners:\n    - bind: nowhere\n  sys_interval: 10\n  limits:\n    max_inflight: 0\n    connect_timeout: 3 weeks\n",
+        );
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[0].starts_with("broker.listeners[0].bind: \"nowhere\" is not an address"));
+        assert!(found[0].ends_with("(line 3)"), "{}", found[0]);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("broker.sys_interval") && p.ends_with("(line 4)"))
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("broker.limits.max_inflight: 0 is out of range"))
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("broker.limits.connect_timeout"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let found = problems("broker:\n  listeners: []\n  max_conections: 5\n");
+        assert!(found[0].contains("max_conections"), "{found:?}");
+    }
+
+    #[test]
+    fn a_missing_password_file_is_a_problem_of_its_key() {
+        let found = problems(
+            "broker:\n  listeners:\n    - bind: 127.0.0.1:1883\n  password_file: passwd\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("broker.password_file:"), "{found:?}");
+        assert!(found[0].ends_with("(line 4)"), "{found:?}");
+    }
+}

@@ -1,0 +1,83 @@
+//! The YAML file as written: a serde mirror with every key optional where a default
+//! exists, unknown keys refused, and values that need checking kept `Spanned` so a
+//! problem can name its line. No meaning is given here: `config::load` validates.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub type Text = Spanned<String>;
+pub type Number = Spanned<u64>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub gateway: RawGateway,
+    pub broker: Option<RawBroker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub id: Option<Text>,
+    pub state_dir: Option<Text>,
+    pub topic_prefix: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    pub allow_anonymous: Option<bool>,
+    pub password_file: Option<Text>,
+    pub acl_file: Option<Text>,
+    pub persistence: Option<RawPersistence>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// A duration, or `off`.
+    pub sys_interval: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub bind: Text,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub websocket: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: Text,
+    pub key_file: Text,
+    pub client_ca_file: Option<Text>,
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersistence {
+    pub enabled: Option<bool>,
+    /// `always`, `interval` or `never`.
+    pub fsync: Option<Text>,
+    pub fsync_interval: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<Number>,
+    pub max_packet_size: Option<Text>,
+    pub receive_maximum: Option<Number>,
+    pub max_inflight: Option<Number>,
+    pub max_queued_messages: Option<Number>,
+    pub max_queued_bytes: Option<Text>,
+    pub max_topic_levels: Option<Number>,
+    pub max_keep_alive: Option<Text>,
+    pub connect_timeout: Option<Text>,
+    pub topic_alias_maximum: Option<Number>,
+}

@@ -75,7 +75,11 @@ pub trait Authorizer: ReadCheck + Send + Sync + std::fmt::Debug {
 }
 
 impl Authenticator for auth::PasswordFile {
-    fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), ReasonCode> {
+    fn authenticate(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<(), ReasonCode> {
         match (username, password) {
             (Some(user), Some(password)) if self.verify(user, password) => Ok(()),
             _ => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),

@@ -6,6 +6,7 @@
 
 mod broker_auth;
 mod broker_transport;
+mod broker_websocket;
 mod cli;
 mod cli_pub_sub;
 mod client_faults;

@@ -17,6 +17,7 @@ mod codec_interop;
 mod codec_roundtrip;
 mod peers;
 mod protocol_core_has_no_io;
+mod server_session;
 #[path = "../support/mod.rs"]
 mod support;
 mod support_peers;

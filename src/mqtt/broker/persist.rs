@@ -382,10 +382,11 @@ impl Model {
                 }
             }
             Record::Enqueue(client, queued) => {
-                if self.sessions.contains_key(client) && self.add_ref(queued.seq) {
-                    if let Some(session) = self.sessions.get_mut(client) {
-                        session.queue.insert(queued.seq, queued.clone());
-                    }
+                if self.sessions.contains_key(client)
+                    && self.add_ref(queued.seq)
+                    && let Some(session) = self.sessions.get_mut(client)
+                {
+                    session.queue.insert(queued.seq, queued.clone());
                 }
             }
             Record::Finished(client, seq) => {

@@ -443,6 +443,37 @@ async fn pings_and_pongs_interleave_with_a_fragmented_message() {
 }
 
 #[tokio::test]
+async fn a_server_that_only_reads_still_answers_a_ping_larger_than_the_pipe() {
+    // The 127-byte pong cannot go out at once through 8 bytes of pipe; the server never
+    // writes or flushes, it only waits for data, which the client sends after the pong.
+    let (mut ws, client) = connected(8, WsLimits::default()).await;
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let ping = [0x5A; 125];
+    let server = async {
+        let mut data = [0u8; 2];
+        ws.read_exact(&mut data).await.unwrap();
+        data
+    };
+    let client = async {
+        client_write
+            .write_all(&client_frame(true, OP_PING, &ping))
+            .await
+            .unwrap();
+        let pong = read_frame(&mut client_read).await.unwrap();
+        assert_eq!((pong.opcode, &pong.payload[..]), (OP_PONG, &ping[..]));
+        client_write
+            .write_all(&client_frame(true, OP_BINARY, b"\xC0\x00"))
+            .await
+            .unwrap();
+    };
+    let both = async { tokio::join!(server, client) };
+    let (data, ()) = tokio::time::timeout(DEADLINE, both)
+        .await
+        .expect("the pong left while the server was only reading");
+    assert_eq!(data, [0xC0, 0x00]);
+}
+
+#[tokio::test]
 async fn a_new_binary_frame_inside_a_fragmented_message_is_refused() {
     let (mut ws, mut client) = connected(4096, WsLimits::default()).await;
     let mut bytes = client_frame(false, OP_BINARY, b"ab");

@@ -23,6 +23,11 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// read into a caller's buffer at least this large skip it (no copy).
 const READ_BUF: usize = 8 * 1024;
 
+/// Most a payload read straight into the caller's buffer asks for. Safe code must zero an
+/// uninitialised buffer (a `BytesMut` behind `read_buf`) before reading into it, and
+/// zeroing far more than one socket read returns would cost more than the copy it saves.
+const MAX_DIRECT_READ: usize = 64 * 1024;
+
 /// Largest frame `poll_write` sends: a larger write is sent in part (a legal short
 /// write). It bounds the copy kept when the socket takes only part of a frame.
 const MAX_OUT_FRAME: usize = 64 * 1024;
@@ -722,7 +727,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                         n
                     } else if want >= READ_BUF {
                         // A large read straight into the caller's buffer: no copy.
-                        let dst = buf.initialize_unfilled_to(want);
+                        let dst = buf.initialize_unfilled_to(want.min(MAX_DIRECT_READ));
                         let mut direct = ReadBuf::new(dst);
                         ready!(Pin::new(&mut this.io).poll_read(cx, &mut direct))?;
                         let n = direct.filled().len();

@@ -654,7 +654,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     }
 
     /// Sends queued control frames if the socket takes them now; otherwise they go with
-    /// the next write, flush or shutdown. A write error is kept in `write_broken` and
+    /// the next read, write, flush or shutdown. A write error is kept in `write_broken` and
     /// reported by the next write, so the read that triggered this still reports its own
     /// outcome.
     fn flush_control(&mut self, cx: &mut Context<'_>) {
@@ -681,7 +681,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             self.rend = 0;
         } else if self.rbuf.len() - self.rend < MAX_HEADER + MAX_CONTROL_PAYLOAD {
             // Make room for a whole header plus control payload, which is all that is ever
-            // waited for here: data payloads are handed out before more is read.
+            // waited for here: data payloads are handed out before more is read. So `free`
+            // below is never empty, which would read as the end of the stream.
             self.rbuf.copy_within(self.rpos..self.rend, 0);
             self.rend -= self.rpos;
             self.rpos = 0;

@@ -5,7 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod broker_auth;
+mod broker_conformance;
 mod broker_transport;
+mod broker_v311;
+mod broker_v5;
 mod broker_websocket;
 mod cli;
 mod cli_pub_sub;

@@ -1018,3 +1018,22 @@ fn a_3_1_1_qos_2_publish_resent_before_pubrel_is_delivered_once() {
 fn a_5_0_qos_2_publish_resent_before_pubrel_is_delivered_once() {
     qos_2_resend_is_routed_once(ProtocolVersion::V5);
 }
+
+#[test]
+fn a_broker_shutting_down_tells_5_0_clients_0x8b_and_closes_3_1_1_ones() {
+    let broker = TestBroker::start_with(quiet_config());
+    let port = broker.port();
+    let mut c5 = Raw::connected(port, v5("bye-5"));
+    let mut c3 = Raw::connected(port, v311("bye-311"));
+    wait_for_connected(&broker, 2);
+    broker.shutdown();
+    let heard = c5.expect_closed(DEADLINE);
+    assert!(
+        matches!(&heard[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::SERVER_SHUTTING_DOWN),
+        "{heard:?}"
+    );
+    assert!(
+        c3.expect_closed(DEADLINE).is_empty(),
+        "3.1.1 has no server DISCONNECT"
+    );
+}

@@ -240,6 +240,12 @@ fn connack_return_codes_are_3_1_1_bytes_for_an_empty_id_without_clean_session_an
     let mut level_9 = empty_id_clean;
     level_9[8] = 9;
     assert_eq!(raw_exchange(port, &level_9), [0x20, 0x02, 0x00, 0x01]);
+    // MQTT 3.1 ("MQIsdp", level 3), which we do not speak, hears the same.
+    let mqtt_3_1 = [
+        0x10, 14, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x00, 0x00,
+        0x00,
+    ];
+    assert_eq!(raw_exchange(port, &mqtt_3_1), [0x20, 0x02, 0x00, 0x01]);
 }
 
 #[test]

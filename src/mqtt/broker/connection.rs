@@ -599,10 +599,13 @@ async fn read_connect<S: ReadInto>(
             Ok(Some(Packet::Connect(connect))) => return Ok(*connect),
             Ok(Some(_)) => return Err(None),
             Ok(None) => {}
-            Err(DecodeError::UnsupportedProtocolLevel(_)) => {
-                // [MQTT-3.1.2-2]: answer in 3.1.1 form, which every version can read.
-                let packet = ServerSession::refusal(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, None);
-                return Err(Some((packet, ProtocolVersion::V311)));
+            // [MQTT-3.1.2-2]: answer in 3.1.1 form, which every version can read. MQTT
+            // 3.1 ("MQIsdp") is a version we do not speak rather than garbage: its
+            // clients read the same CONNACK and report an unacceptable protocol version
+            // instead of a lost connection.
+            Err(DecodeError::UnsupportedProtocolLevel(_)) => return Err(Some(unsupported())),
+            Err(DecodeError::ProtocolName(name)) if name == "MQIsdp" => {
+                return Err(Some(unsupported()));
             }
             Err(_) => return Err(None),
         }
@@ -656,6 +659,12 @@ async fn write_packet<S: AsyncWrite + Unpin>(
         io.flush().await?;
     }
     Ok(())
+}
+
+/// The CONNACK refusing a protocol version, in 3.1.1 form.
+fn unsupported() -> (Packet, ProtocolVersion) {
+    let packet = ServerSession::refusal(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, None);
+    (packet, ProtocolVersion::V311)
 }
 
 fn too_many_levels(core: &Core, topic: &str) -> bool {

@@ -1037,3 +1037,47 @@ fn a_broker_shutting_down_tells_5_0_clients_0x8b_and_closes_3_1_1_ones() {
         "3.1.1 has no server DISCONNECT"
     );
 }
+
+#[test]
+fn fieldgate_pub_streams_qos_2_lines_over_3_1_1_without_being_cut_off() {
+    let broker = TestBroker::start_with(quiet_config());
+    let port = broker.port().to_string();
+    let mut sub = Raw::connected(broker.port(), v5("stream-sub"));
+    sub.subscribe(1, &[("stream/#", QoS::AtMostOnce)]);
+    // Our own client keeps as many QoS 2 flows open as 3.1.1 lets it (no Receive
+    // Maximum there): the broker must not take that for abuse.
+    let mut child = fieldgate()
+        .args([
+            "pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "311",
+            "-q",
+            "2",
+        ])
+        .args(["-t", "stream/x", "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: String = (1..=1000).map(|n| format!("{n}\n")).collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = support::wait_child_output(child, PEER_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in 1..=1000 {
+        assert_eq!(&sub.expect_publish().payload[..], n.to_string().as_bytes());
+    }
+}

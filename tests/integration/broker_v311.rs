@@ -297,3 +297,35 @@ fn unacknowledged_qos_1_and_2_messages_are_resent_with_dup_to_a_resumed_3_1_1_se
         ReasonCode::SUCCESS
     );
 }
+
+#[test]
+fn a_3_1_1_client_may_keep_more_qos_2_flows_open_than_the_5_0_receive_maximum() {
+    let broker = TestBroker::start_with(quiet_config());
+    let port = broker.port();
+    let mut sub = Raw::connected(port, v311("many-sub"));
+    sub.subscribe(1, &[("many/#", QoS::AtMostOnce)]);
+    // 3.1.1 has no Receive Maximum: 150 unreleased QoS 2 flows are the client's business
+    // (packet ids bound them), not a reason to close the connection.
+    let mut client = Raw::connected(port, v311("many-pub"));
+    let mut bytes = bytes::BytesMut::new();
+    for n in 1..=150u16 {
+        let packet = Packet::Publish(publish("many/x", 2, n, &n.to_string()));
+        fieldgate::mqtt::codec::encode(&packet, ProtocolVersion::V311, &mut bytes).unwrap();
+    }
+    client.send_bytes(&bytes);
+    for n in 1..=150u16 {
+        match client.expect() {
+            Packet::PubRec(rec) => assert_eq!(rec.packet_id.get(), n),
+            other => panic!("expected PUBREC {n}, got {other:?}"),
+        }
+    }
+    for n in 1..=150u16 {
+        client.send(Packet::PubRel(PubResponse::success(
+            crate::broker_conformance::pid(n),
+        )));
+        assert!(matches!(client.expect(), Packet::PubComp(c) if c.packet_id.get() == n));
+    }
+    for n in 1..=150u16 {
+        assert_eq!(&sub.expect_publish().payload[..], n.to_string().as_bytes());
+    }
+}

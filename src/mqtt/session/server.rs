@@ -552,7 +552,12 @@ impl ServerSession {
                     return;
                 }
                 let open = self.awaiting_pubrel.len() + self.unacknowledged.len();
-                if open >= usize::from(self.config.receive_maximum.get()) {
+                // 3.1.1 has no Receive Maximum to tell the client (paho and mosquitto
+                // default to 20 in flight, our own client to the packet id space), so
+                // none is enforced there: packet ids bound these sets to 65,535 anyway.
+                if self.protocol() == ProtocolVersion::V5
+                    && open >= usize::from(self.config.receive_maximum.get())
+                {
                     // [MQTT-3.3.4-8]: more than our Receive Maximum in flight.
                     return self.protocol_error(
                         ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,

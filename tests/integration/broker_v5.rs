@@ -994,3 +994,29 @@ stop(src)
     assert_eq!(get(&obs, "after_one_ack"), "[b'0', b'1', b'2']");
     assert_eq!(get(&obs, "all"), "[b'0', b'1', b'2', b'3']");
 }
+
+#[test]
+fn messages_still_queued_when_a_session_expires_are_counted_as_dropped() {
+    let broker = TestBroker::start_with(quiet_config());
+    let port = broker.port();
+    let mut away = v5("expiring-away");
+    away.properties.session_expiry_interval = Some(1);
+    let mut raw = Raw::connected(port, away);
+    raw.subscribe(1, &[("expiring/#", QoS::AtLeastOnce)]);
+    raw.disconnect();
+    let mut publisher = Raw::connected(port, v5("expiring-pub"));
+    publisher.publish(publish("expiring/x", 1, 1, "never delivered"));
+    publisher.publish(publish("expiring/x", 2, 2, "never delivered either"));
+    let stats = broker.broker().stats();
+    assert_eq!(
+        stats.publish_dropped.load(Ordering::Relaxed),
+        0,
+        "queued, not dropped"
+    );
+    wait_until(DEADLINE, "the session to expire", || {
+        stats.sessions.load(Ordering::Relaxed) == 1
+    });
+    wait_until(DEADLINE, "its two messages counted", || {
+        stats.publish_dropped.load(Ordering::Relaxed) == 2
+    });
+}

@@ -762,7 +762,13 @@ pub(super) fn schedule_expiry(
     let core = Arc::clone(core);
     tokio::spawn(async move {
         tokio::time::sleep(after).await;
-        let _ = core.sessions.expire(&client_id, generation, &core.router);
+        // What the session still held for its client will never be delivered: counted
+        // as dropped, like every other message the broker gives up on.
+        if let Some(lost) = core.sessions.expire(&client_id, generation, &core.router) {
+            core.stats
+                .publish_dropped
+                .fetch_add(lost as u64, Ordering::Relaxed);
+        }
         core.stats
             .sessions
             .store(core.sessions.len(), Ordering::Relaxed);

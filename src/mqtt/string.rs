@@ -65,6 +65,13 @@ impl MqttString {
         Ok(MqttString(ByteString::from_static(s)))
     }
 
+    /// A copy in an allocation of its own. A decoded string shares the read buffer it
+    /// came from and keeps all of it alive; what is kept long (a subscription, a will, a
+    /// retained topic) is detached so that an idle connection pins no read buffer.
+    pub fn detach(&self) -> Self {
+        MqttString(ByteString::from(self.as_str()))
+    }
+
     /// The string.
     pub fn as_str(&self) -> &str {
         &self.0

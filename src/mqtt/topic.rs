@@ -121,6 +121,11 @@ impl TopicName {
     }
 
     /// Gives back the string, for an encoder or a caller that wants to keep just it.
+    /// A copy that shares no read buffer (see [`MqttString::detach`]).
+    pub fn detach(&self) -> Self {
+        TopicName(self.0.detach())
+    }
+
     pub fn into_inner(self) -> MqttString {
         self.0
     }
@@ -211,6 +216,14 @@ impl TopicFilter {
     /// The underlying string (shares the buffer it was decoded from).
     pub fn as_mqtt_string(&self) -> &MqttString {
         &self.raw
+    }
+
+    /// A copy that shares no read buffer (see [`MqttString::detach`]).
+    pub fn detach(&self) -> Self {
+        TopicFilter {
+            raw: self.raw.detach(),
+            filter_start: self.filter_start,
+        }
     }
 
     /// Gives back the string, `$share/<group>/` included.

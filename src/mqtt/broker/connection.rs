@@ -33,6 +33,20 @@ use crate::mqtt::topic::TopicName;
 const READ_CHUNK: usize = 8 * 1024;
 /// Messages taken from the mailbox at a time.
 const TAKE_BATCH: usize = 64;
+/// How long a publish may wait for room in a connected subscriber's full mailbox before
+/// its copy is dropped (counted). Waiting is the normal case (a fast publisher, a slower
+/// subscriber); the limit only breaks a stuck subscriber's hold, or a cycle of publishers
+/// each waiting on the other's subscriber.
+const BLOCK_LIMIT: Duration = Duration::from_secs(30);
+
+/// A publish whose copies wait for room in subscribers' mailboxes.
+struct BlockedPublish {
+    targets: std::collections::VecDeque<super::router::Blocked>,
+    packet_id: Option<crate::mqtt::packet::PacketId>,
+    reason: ReasonCode,
+    until: Instant,
+}
+
 /// A write that makes no progress for this long ends the connection (a client that
 /// stopped reading must not hold the task, and its session, for ever).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -139,6 +153,9 @@ struct Connection<S> {
     /// The session's drop count already added to the broker's (a resumed session
     /// brings the count of its earlier connections).
     drops_counted: u64,
+    /// A publish waiting for room in subscribers' mailboxes: while set, nothing more is
+    /// read or handled from this client.
+    blocked: Option<BlockedPublish>,
 }
 
 impl<S: ReadInto> Connection<S> {
@@ -216,12 +233,13 @@ impl<S: ReadInto> Connection<S> {
             core: Arc::clone(&core),
             held,
             username,
-            will: connect.will.clone(),
+            will: connect.will.as_ref().map(detach_will),
             read_buf,
             write_buf: BytesMut::new(),
             scratch: Vec::new(),
             closed: None,
             drops_counted,
+            blocked: None,
         };
         let now = StdInstant::now();
         let present = connection.held.session_present;
@@ -229,6 +247,9 @@ impl<S: ReadInto> Connection<S> {
             .held
             .session
             .accept(&connect, present, assigned, now);
+        // CONNECT's strings share the read buffer: keeping it across the connection's
+        // life would pin that buffer for every idle client.
+        drop(connect);
         // Packets the client sent right behind CONNECT (without waiting for CONNACK, as
         // it may) are already buffered: nothing would wake the loop for them.
         if !connection.read_buf.is_empty() {
@@ -249,6 +270,11 @@ impl<S: ReadInto> Connection<S> {
         let takeover = Arc::clone(&self.held.takeover);
         loop {
             let now = StdInstant::now();
+            // 0. A publish waiting for room: offer it again; once through, carry on with
+            //    what the client sent behind it (still buffered).
+            if self.blocked.is_some() && self.retry_blocked(false) && !self.read_buf.is_empty() {
+                self.decode_all(now).await;
+            }
             // 1. Messages waiting in the mailbox, as far as the session wants them.
             if self.held.session.wants_messages() {
                 self.held.mailbox.take(TAKE_BATCH, &mut self.scratch);
@@ -274,8 +300,9 @@ impl<S: ReadInto> Connection<S> {
             // 4. Wait for exactly one input.
             let deadline = self.held.session.poll_timeout().map(Instant::from_std);
             let wants = self.held.session.wants_messages();
+            let reading = self.blocked.is_none();
             tokio::select! {
-                read = self.io.read_into(&mut self.read_buf) => {
+                read = self.io.read_into(&mut self.read_buf), if reading => {
                     let now = StdInstant::now();
                     match read {
                         Ok(0) | Err(_) => {
@@ -289,6 +316,11 @@ impl<S: ReadInto> Connection<S> {
                     }
                 }
                 () = self.held.mailbox.arrived(), if wants => {}
+                give_up = wait_for_room(self.blocked.as_ref()), if !reading => {
+                    if give_up {
+                        self.retry_blocked(true);
+                    }
+                }
                 () = takeover.notified() => self.held.session.take_over(),
                 () = sleep_until(deadline) => self.held.session.handle_timeout(StdInstant::now()),
                 _ = shutdown.changed() => self.held.session.shut_down(),
@@ -311,9 +343,35 @@ impl<S: ReadInto> Connection<S> {
         self.drops_counted = dropped;
     }
 
-    /// Acts on what the session reported: routes, subscribes, notes the end.
+    /// Offers a blocked publish's copies again; true once none is left (all queued, or
+    /// dropped and counted after [`BLOCK_LIMIT`]), and then answers the PUBLISH.
+    fn retry_blocked(&mut self, give_up: bool) -> bool {
+        let Some(blocked) = &mut self.blocked else {
+            return true;
+        };
+        while let Some(target) = blocked.targets.pop_front() {
+            if give_up {
+                target.drop_counted(&self.core.router);
+                continue;
+            }
+            if let Some(still) = target.retry(&self.core.router) {
+                blocked.targets.push_front(still);
+                return false;
+            }
+        }
+        if let Some(id) = blocked.packet_id {
+            self.held.session.acknowledge_publish(id, blocked.reason);
+        }
+        self.blocked = None;
+        true
+    }
+
+    /// Acts on what the session reported: routes, subscribes, notes the end. Stops
+    /// while a publish waits for room (later events keep their order behind it).
     async fn handle_events(&mut self, now: StdInstant) {
-        while let Some(event) = self.held.session.poll_event() {
+        while self.blocked.is_none()
+            && let Some(event) = self.held.session.poll_event()
+        {
             match event {
                 Event::Publish(publish) => self.publish(publish, now).await,
                 Event::Subscribe(subscribe) => self.subscribe(subscribe, now),
@@ -350,6 +408,10 @@ impl<S: ReadInto> Connection<S> {
                     // a PINGREQ sent after the SUBSCRIBE; PUBACKs in PUBLISH order
                     // [MQTT-4.6.0-2]).
                     self.handle_events(now).await;
+                    if self.blocked.is_some() {
+                        // The rest stays buffered until the publish gets its room.
+                        break;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -457,11 +519,37 @@ impl<S: ReadInto> Connection<S> {
             {
                 journal.durable().await;
             }
-            if routed.delivered + routed.dropped == 0 {
+            let reason = if routed.delivered + routed.dropped + routed.blocked.len() == 0 {
                 ReasonCode::NO_MATCHING_SUBSCRIBERS
             } else {
                 ReasonCode::SUCCESS
+            };
+            // Waiting on our own full mailbox could never end: it drains only as this
+            // client acknowledges, and a blocked connection reads nothing. Dropped,
+            // counted.
+            let mut routed = routed;
+            let own = &self.held.mailbox;
+            let (own_copies, others): (Vec<_>, Vec<_>) = routed
+                .blocked
+                .drain(..)
+                .partition(|b| Arc::ptr_eq(&b.mailbox, own));
+            for copy in own_copies {
+                copy.drop_counted(&core.router);
             }
+            routed.blocked = others;
+            if !routed.blocked.is_empty() {
+                // Back-pressure: some connected subscriber's mailbox is full. This
+                // connection stops reading (TCP slows the publisher down) and answers
+                // the PUBLISH only once every copy is queued (see `serve`).
+                self.blocked = Some(BlockedPublish {
+                    targets: routed.blocked.into(),
+                    packet_id,
+                    reason,
+                    until: Instant::now() + BLOCK_LIMIT,
+                });
+                return;
+            }
+            reason
         };
         // A refused QoS 0 message has no acknowledgement to carry the refusal: it is
         // just not routed, as in Mosquitto.
@@ -499,9 +587,10 @@ impl<S: ReadInto> Connection<S> {
             let existed = core
                 .router
                 .subscribe(&self.held.client_id, &filter, subscriber);
+            // Kept as long as the session: a copy, not a slice of the read buffer.
             self.held
                 .subscriptions
-                .insert(filter.clone(), SubscriptionRecord { options, id });
+                .insert(filter.detach(), SubscriptionRecord { options, id });
             if let Some(journal) = self.persisting() {
                 journal.subscribe(&self.held.client_id, &filter, options, id);
             }
@@ -559,6 +648,13 @@ impl<S: ReadInto> Connection<S> {
     /// After the loop: flush what is left, close, publish the will if due, and give the
     /// session back to the registry.
     async fn finish(mut self, reason: CloseReason) {
+        // A publish still waiting for room was never acknowledged: the client sends it
+        // again if its session lives on. The copies not yet queued are dropped, counted.
+        if let Some(blocked) = self.blocked.take() {
+            for target in blocked.targets {
+                target.drop_counted(&self.core.router);
+            }
+        }
         let _ = self.write_pending().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
         let core = Arc::clone(&self.core);
@@ -583,6 +679,39 @@ impl<S: ReadInto> Connection<S> {
             schedule_expiry(&core, client_id, generation, after);
         }
     }
+}
+
+/// The will, copied out of the CONNECT's read buffer: it is kept for the whole
+/// connection, and the buffer should not be.
+fn detach_will(will: &Will) -> Will {
+    let mut will = will.clone();
+    will.topic = will.topic.detach();
+    will.payload = Bytes::copy_from_slice(&will.payload);
+    will.properties.user_properties = will
+        .properties
+        .user_properties
+        .iter()
+        .map(|p| crate::mqtt::packet::UserProperty {
+            name: p.name.detach(),
+            value: p.value.detach(),
+        })
+        .collect();
+    will.properties.content_type = will
+        .properties
+        .content_type
+        .as_ref()
+        .map(MqttString::detach);
+    will.properties.response_topic = will
+        .properties
+        .response_topic
+        .as_ref()
+        .map(TopicName::detach);
+    will.properties.correlation_data = will
+        .properties
+        .correlation_data
+        .as_ref()
+        .map(|c| Bytes::copy_from_slice(c));
+    will
 }
 
 /// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1]. An error carries the
@@ -750,7 +879,7 @@ fn publish_will(core: &Core, will: Will, username: Option<&str>, client_id: Arc<
     if message.retain {
         core.router.retain(&message);
     }
-    core.router.publish(&message, core.read_check());
+    core.router.publish_or_drop(&message, core.read_check());
 }
 
 pub(super) fn schedule_expiry(
@@ -778,7 +907,8 @@ pub(super) fn schedule_expiry(
 /// Publishes `$SYS/broker/...` every `interval`, retained, as Mosquitto does.
 pub(super) async fn publish_sys(core: Arc<Core>, interval: Duration) {
     let mut shutdown = core.shutdown.clone();
-    let mut ticks = tokio::time::interval(interval);
+    // The first figures after one interval: at start they would all be zero.
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -802,8 +932,26 @@ pub(super) async fn publish_sys(core: Arc<Core>, interval: Duration) {
                 journal_seq: None,
             });
             core.router.retain(&message);
-            core.router.publish(&message, core.read_check());
+            core.router.publish_or_drop(&message, core.read_check());
         }
+    }
+}
+
+/// Waits until the first mailbox a blocked publish waits on may have room (false), or
+/// until the publish has waited [`BLOCK_LIMIT`] (true).
+///
+/// # Cancel safety
+/// Cancel safe: it only waits.
+async fn wait_for_room(blocked: Option<&BlockedPublish>) -> bool {
+    let Some(blocked) = blocked else {
+        return std::future::pending().await;
+    };
+    let Some(first) = blocked.targets.front() else {
+        return false;
+    };
+    tokio::select! {
+        () = first.mailbox.space() => false,
+        () = tokio::time::sleep_until(blocked.until) => true,
     }
 }
 

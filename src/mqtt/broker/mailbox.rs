@@ -34,6 +34,18 @@ impl Default for MailboxLimits {
     }
 }
 
+/// What [`Mailbox::offer`] did with a message.
+#[derive(Debug)]
+pub enum Offer {
+    Queued,
+    /// Dropped and counted: QoS 0 for an offline client, or the client is offline and
+    /// its mailbox full.
+    Dropped,
+    /// The client is connected but its mailbox is full: the message is handed back so
+    /// the publisher can wait for room ([`Mailbox::space`]) instead of dropping it.
+    Full(Outgoing),
+}
+
 /// Why a message was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -61,6 +73,10 @@ pub struct Mailbox {
     /// The session outlives its connections (expiry > 0): what it is sent is journaled
     /// when the broker persists.
     persistent: AtomicBool,
+    /// Wakes publishers waiting for room once messages are taken out.
+    space: Notify,
+    /// Set once a publisher has waited here: only then does `take` pay for a wake-up.
+    space_wanted: AtomicBool,
 }
 
 fn size_of(outgoing: &Outgoing) -> usize {
@@ -75,6 +91,8 @@ impl Mailbox {
             limits,
             dropped: AtomicU64::new(0),
             persistent: AtomicBool::new(false),
+            space: Notify::new(),
+            space_wanted: AtomicBool::new(false),
         }
     }
 
@@ -109,14 +127,76 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Queues a message for a connected client, hands it back when the mailbox is full
+    /// (back-pressure: the publisher waits), or drops and counts it when the client is
+    /// away and its mailbox full (or it is QoS 0 and the client away).
+    pub fn offer(&self, outgoing: Outgoing) -> Offer {
+        let size = size_of(&outgoing);
+        {
+            let mut inbox = self.lock();
+            let full = inbox.queue.len() >= self.limits.max_messages
+                || inbox.bytes + size > self.limits.max_bytes;
+            let offline_qos0 =
+                !inbox.online && outgoing.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline;
+            match (inbox.online, full) {
+                _ if offline_qos0 => {}
+                (true, true) => return Offer::Full(outgoing),
+                (false, true) => {}
+                (_, false) => {
+                    inbox.bytes += size;
+                    inbox.queue.push_back(outgoing);
+                    drop(inbox);
+                    self.arrived.notify_one();
+                    return Offer::Queued;
+                }
+            }
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        Offer::Dropped
+    }
+
+    /// Resolves when the mailbox may have room again (or its client went away, which
+    /// turns waiting into dropping).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub async fn space(&self) {
+        self.space_wanted.store(true, Ordering::Relaxed);
+        let freed = self.space.notified();
+        tokio::pin!(freed);
+        // Registered before checking, so a `take` in between cannot be missed.
+        freed.as_mut().enable();
+        {
+            let inbox = self.lock();
+            let room =
+                inbox.queue.len() < self.limits.max_messages && inbox.bytes < self.limits.max_bytes;
+            if room || !inbox.online {
+                return;
+            }
+        }
+        freed.await;
+    }
+
+    fn wake_space_waiters(&self) {
+        if self.space_wanted.load(Ordering::Relaxed) {
+            self.space.notify_waiters();
+        }
+    }
+
     /// Takes up to `max` messages, oldest first.
     pub fn take(&self, max: usize, into: &mut Vec<Outgoing>) {
-        let mut inbox = self.lock();
-        let inbox = &mut *inbox;
-        let n = max.min(inbox.queue.len());
-        for outgoing in inbox.queue.drain(..n) {
-            inbox.bytes -= size_of(&outgoing);
-            into.push(outgoing);
+        let taken = {
+            let mut inbox = self.lock();
+            let inbox = &mut *inbox;
+            let n = max.min(inbox.queue.len());
+            for outgoing in inbox.queue.drain(..n) {
+                inbox.bytes -= size_of(&outgoing);
+                into.push(outgoing);
+            }
+            n
+        };
+        if taken > 0 {
+            self.wake_space_waiters();
         }
     }
 
@@ -144,6 +224,8 @@ impl Mailbox {
         inbox.bytes = 0;
         let n = inbox.queue.len();
         inbox.queue.clear();
+        drop(inbox);
+        self.wake_space_waiters();
         n
     }
 
@@ -161,6 +243,10 @@ impl Mailbox {
 
     pub fn set_online(&self, online: bool) {
         self.lock().online = online;
+        if !online {
+            // Publishers waiting for room now drop instead (counted).
+            self.wake_space_waiters();
+        }
     }
 
     /// Messages refused so far.

@@ -972,7 +972,13 @@ mod tests {
         let mut model = Model::default();
         for r in [
             Record::Session(Arc::clone(&client), 9),
-            Record::Message(message("a", "x"), 4),
+            Record::Message(
+                Arc::new(Message {
+                    journal_seq: Some(4),
+                    ..(*message("a", "x")).clone()
+                }),
+                4,
+            ),
             Record::Enqueue(
                 Arc::clone(&client),
                 Queued {

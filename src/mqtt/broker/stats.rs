@@ -48,7 +48,7 @@ impl Default for Stats {
 }
 
 impl Stats {
-    pub fn record_routed(&self, routed: Routed) {
+    pub fn record_routed(&self, routed: &Routed) {
         if routed.dropped > 0 {
             self.publish_dropped
                 .fetch_add(routed.dropped as u64, Ordering::Relaxed);

@@ -62,6 +62,9 @@ impl Default for ServerConfig {
     }
 }
 
+/// Payloads smaller than this are copied out of the read buffer (see `from_publish`).
+const DETACH_BELOW: usize = 4096;
+
 /// An application message as the broker stores and routes it: shared by every
 /// subscriber it goes to, never copied per subscriber.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,12 +91,31 @@ impl Message {
         let mut properties = publish.properties;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
+        // Property strings share the read buffer too (see the payload below).
+        for p in &mut properties.user_properties {
+            p.name = p.name.detach();
+            p.value = p.value.detach();
+        }
+        properties.content_type = properties.content_type.as_ref().map(MqttString::detach);
+        properties.response_topic = properties.response_topic.as_ref().map(TopicName::detach);
+        properties.correlation_data = properties
+            .correlation_data
+            .as_ref()
+            .map(|c| Bytes::copy_from_slice(c));
         let expires_at = properties
             .message_expiry_interval
             .map(|s| now + Duration::from_secs(u64::from(s)));
+        // A message may wait long (retained, or queued for an offline client): a small
+        // one is copied out of the publisher's read buffer rather than keep all of that
+        // buffer alive. A large one is most of its buffer anyway.
+        let payload = if publish.payload.len() < DETACH_BELOW {
+            Bytes::copy_from_slice(&publish.payload)
+        } else {
+            publish.payload
+        };
         Message {
-            topic: publish.topic,
-            payload: publish.payload,
+            topic: publish.topic.detach(),
+            payload,
             qos: publish.qos,
             retain: publish.retain,
             properties,
@@ -520,7 +542,8 @@ impl ServerSession {
                     }
                 }
             } else {
-                link.aliases_in.insert(alias.get(), publish.topic.clone());
+                // Kept for the connection's life: a copy, not a slice of the read buffer.
+                link.aliases_in.insert(alias.get(), publish.topic.detach());
             }
         } else if publish.topic.is_empty() {
             return self.protocol_error(

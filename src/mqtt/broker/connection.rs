@@ -29,8 +29,23 @@ use crate::mqtt::session::server::{CloseReason, Event, Message, Outgoing, Server
 use crate::mqtt::string::MqttString;
 use crate::mqtt::topic::TopicName;
 
-/// Bytes reserved for one read.
-const READ_CHUNK: usize = 8 * 1024;
+/// Bytes reserved for one read, at first and at most. A connection starts small (most
+/// devices send packets of a few dozen bytes, and every buffer allocated and freed leaves
+/// its mark on the heap of a broker holding thousands of connections) and doubles its
+/// reservation while reads fill it (a busy publisher soon reads 64 KiB at a time).
+const READ_CHUNK_MIN: usize = 512;
+const READ_CHUNK_MAX: usize = 64 * 1024;
+
+/// The next reservation after a read of `n` bytes into a reservation of `chunk`.
+fn next_chunk(chunk: usize, n: usize) -> usize {
+    if n >= chunk {
+        (chunk * 2).min(READ_CHUNK_MAX)
+    } else if n < chunk / 8 {
+        (chunk / 2).max(READ_CHUNK_MIN)
+    } else {
+        chunk
+    }
+}
 /// Messages taken from the mailbox at a time.
 const TAKE_BATCH: usize = 64;
 /// How long a publish may wait for room in a connected subscriber's full mailbox before
@@ -60,16 +75,25 @@ pub(super) trait ReadInto: AsyncWrite + Unpin + Send {
     fn read_into(
         &mut self,
         buf: &mut BytesMut,
+        reserve: usize,
     ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send;
 }
 
 impl ReadInto for TcpStream {
-    async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+    async fn read_into(&mut self, buf: &mut BytesMut, reserve: usize) -> std::io::Result<usize> {
         loop {
             self.readable().await?;
-            buf.reserve(READ_CHUNK);
+            buf.reserve(reserve);
             match self.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Readiness can be stale (it is only cleared by a read that finds
+                    // nothing): give the reservation back before waiting again, or every
+                    // idle connection would hold one.
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                    continue;
+                }
                 other => return other,
             }
         }
@@ -80,8 +104,8 @@ impl ReadInto for TcpStream {
 pub(super) struct Buffered<S>(pub S);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> ReadInto for Buffered<S> {
-    async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        buf.reserve(READ_CHUNK);
+    async fn read_into(&mut self, buf: &mut BytesMut, reserve: usize) -> std::io::Result<usize> {
+        buf.reserve(reserve);
         self.0.read_buf(buf).await
     }
 }
@@ -144,7 +168,8 @@ struct Connection<S> {
     core: Arc<Core>,
     held: Held,
     username: Option<Arc<str>>,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and every idle connection pays for this field.
+    will: Option<Box<Will>>,
     read_buf: BytesMut,
     write_buf: BytesMut,
     scratch: Vec<Outgoing>,
@@ -156,10 +181,28 @@ struct Connection<S> {
     /// A publish waiting for room in subscribers' mailboxes: while set, nothing more is
     /// read or handled from this client.
     blocked: Option<BlockedPublish>,
+    /// What the next read reserves (see [`READ_CHUNK_MIN`]).
+    read_chunk: usize,
 }
 
 impl<S: ReadInto> Connection<S> {
-    async fn run(mut io: S, core: Arc<Core>) {
+    /// Serves one connection from its first byte to its end.
+    async fn run(io: S, core: Arc<Core>) {
+        // The handshake's futures are boxed: they are large and never needed again.
+        let Some(mut connection) = Box::pin(Self::handshake(io, Arc::clone(&core))).await else {
+            return;
+        };
+        let reason = connection.serve().await;
+        core.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+        Box::pin(connection.finish(reason)).await;
+        core.stats
+            .sessions
+            .store(core.sessions.len(), Ordering::Relaxed);
+    }
+
+    /// CONNECT, authentication, the session, CONNACK: the connection ready to serve, or
+    /// `None` when it was refused or closed.
+    async fn handshake(mut io: S, core: Arc<Core>) -> Option<Self> {
         let mut read_buf = BytesMut::new();
         let connect = tokio::time::timeout(
             core.config.connect_timeout,
@@ -176,10 +219,10 @@ impl<S: ReadInto> Connection<S> {
                     let _ = write_packet(&mut io, &packet, protocol).await;
                 }
                 let _ = io.shutdown().await;
-                return;
+                return None;
             }
             // No CONNECT in time: close without a word, nothing was agreed.
-            Err(_) => return,
+            Err(_) => return None,
         };
         let protocol = connect.protocol;
         let refuse = |reason: ReasonCode| Some((ServerSession::refusal(reason, None), protocol));
@@ -193,7 +236,7 @@ impl<S: ReadInto> Connection<S> {
                 let _ = write_packet(&mut io, &packet, protocol).await;
             }
             let _ = io.shutdown().await;
-            return;
+            return None;
         }
         // Client identifier: assign one to a client that sent none [MQTT-3.1.3-6].
         let (client_id, assigned) = if connect.client_id.is_empty() {
@@ -202,7 +245,7 @@ impl<S: ReadInto> Connection<S> {
                 if let Some((packet, protocol)) = refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID) {
                     let _ = write_packet(&mut io, &packet, protocol).await;
                 }
-                return;
+                return None;
             }
             let id = format!("fieldgate-{:016x}", fastrand::u64(..));
             let assigned = MqttString::try_from(id.as_str()).ok();
@@ -220,7 +263,7 @@ impl<S: ReadInto> Connection<S> {
                 if let Some((packet, protocol)) = refuse(ReasonCode::SERVER_BUSY) {
                     let _ = write_packet(&mut io, &packet, protocol).await;
                 }
-                return;
+                return None;
             }
         };
         core.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
@@ -233,13 +276,14 @@ impl<S: ReadInto> Connection<S> {
             core: Arc::clone(&core),
             held,
             username,
-            will: connect.will.as_ref().map(detach_will),
+            will: connect.will.as_ref().map(|w| Box::new(detach_will(w))),
             read_buf,
             write_buf: BytesMut::new(),
             scratch: Vec::new(),
             closed: None,
             drops_counted,
             blocked: None,
+            read_chunk: READ_CHUNK_MIN,
         };
         let now = StdInstant::now();
         let present = connection.held.session_present;
@@ -253,18 +297,17 @@ impl<S: ReadInto> Connection<S> {
         // Packets the client sent right behind CONNECT (without waiting for CONNACK, as
         // it may) are already buffered: nothing would wake the loop for them.
         if !connection.read_buf.is_empty() {
-            connection.decode_all(now).await;
+            Box::pin(connection.decode_all(now)).await;
         }
         connection.record_session();
-        let reason = connection.serve().await;
-        core.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
-        connection.finish(reason).await;
-        core.stats
-            .sessions
-            .store(core.sessions.len(), Ordering::Relaxed);
+        Some(connection)
     }
 
     /// The connection's main loop; returns why it ended.
+    ///
+    /// Memory: this future is what an idle connection costs, so everything it awaits
+    /// only now and then (decoding and handling packets, writing, finishing) is boxed
+    /// and takes heap only while it runs; the loop itself holds just the wait.
     async fn serve(&mut self) -> CloseReason {
         let mut shutdown = self.core.shutdown.clone();
         let takeover = Arc::clone(&self.held.takeover);
@@ -273,7 +316,7 @@ impl<S: ReadInto> Connection<S> {
             // 0. A publish waiting for room: offer it again; once through, carry on with
             //    what the client sent behind it (still buffered).
             if self.blocked.is_some() && self.retry_blocked(false) && !self.read_buf.is_empty() {
-                self.decode_all(now).await;
+                Box::pin(self.decode_all(now)).await;
             }
             // 1. Messages waiting in the mailbox, as far as the session wants them.
             if self.held.session.wants_messages() {
@@ -283,10 +326,10 @@ impl<S: ReadInto> Connection<S> {
                 }
             }
             // 2. Session events (from a timeout, a takeover, ...): route, subscribe, end.
-            self.handle_events(now).await;
+            Box::pin(self.handle_events(now)).await;
             self.count_session_drops();
             // 3. Write what the session wants sent.
-            if self.write_pending().await.is_err() {
+            if Box::pin(self.write_pending()).await.is_err() {
                 self.held.session.handle_closed(now);
                 return self.closed.take().unwrap_or(CloseReason::ConnectionLost);
             }
@@ -297,12 +340,16 @@ impl<S: ReadInto> Connection<S> {
                 // More waiting than one batch: take it before sleeping.
                 continue;
             }
-            // 4. Wait for exactly one input.
+            // 4. Wait for exactly one input, holding no spare buffers meanwhile.
+            self.held.session.release_spare_capacity();
+            if self.scratch.capacity() > 0 {
+                self.scratch = Vec::new();
+            }
             let deadline = self.held.session.poll_timeout().map(Instant::from_std);
             let wants = self.held.session.wants_messages();
             let reading = self.blocked.is_none();
             tokio::select! {
-                read = self.io.read_into(&mut self.read_buf), if reading => {
+                read = self.io.read_into(&mut self.read_buf, self.read_chunk), if reading => {
                     let now = StdInstant::now();
                     match read {
                         Ok(0) | Err(_) => {
@@ -310,8 +357,9 @@ impl<S: ReadInto> Connection<S> {
                             return CloseReason::ConnectionLost;
                         }
                         Ok(n) => {
+                            self.read_chunk = next_chunk(self.read_chunk, n);
                             self.core.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                            self.decode_all(now).await;
+                            Box::pin(self.decode_all(now)).await;
                         }
                     }
                 }
@@ -660,7 +708,11 @@ impl<S: ReadInto> Connection<S> {
         let core = Arc::clone(&self.core);
         self.held.session.handle_closed(StdInstant::now());
         self.count_session_drops();
-        let will = self.will.take().filter(|_| reason.publishes_will());
+        let will = self
+            .will
+            .take()
+            .filter(|_| reason.publishes_will())
+            .map(|w| *w);
         let username = self.username.clone();
         let client_id = Arc::clone(&self.held.client_id);
         let generation = self.held.generation;
@@ -738,7 +790,7 @@ async fn read_connect<S: ReadInto>(
             }
             Err(_) => return Err(None),
         }
-        match io.read_into(buf).await {
+        match io.read_into(buf, READ_CHUNK_MIN).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(_) => {}
         }

@@ -47,10 +47,14 @@ pub(super) async fn accept_loop(socket: TcpListener, accepting: Accepting, core:
         let core = Arc::clone(&core);
         let accepting = accepting.clone();
         tokio::spawn(async move {
+            // Each kind boxed on its own: the task then holds a pointer, and a plain TCP
+            // connection does not pay for the size of a TLS session's future.
             match accepting {
-                Accepting::Tcp => connection::serve(stream, core).await,
-                Accepting::Tls(acceptor) => connection::serve_tls(stream, acceptor, core).await,
-                Accepting::WebSocket => connection::serve_websocket(stream, core).await,
+                Accepting::Tcp => Box::pin(connection::serve(stream, core)).await,
+                Accepting::Tls(acceptor) => {
+                    Box::pin(connection::serve_tls(stream, acceptor, core)).await;
+                }
+                Accepting::WebSocket => Box::pin(connection::serve_websocket(stream, core)).await,
             }
             drop(permit);
         });

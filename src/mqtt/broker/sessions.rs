@@ -50,8 +50,9 @@ struct Parked {
 struct Entry {
     generation: u64,
     mailbox: Arc<Mailbox>,
-    /// `Some` while no connection holds the session.
-    parked: Option<Parked>,
+    /// `Some` while no connection holds the session. Boxed: a session is large, and
+    /// the map holds an entry per client, connected or not.
+    parked: Option<Box<Parked>>,
     takeover: Arc<Notify>,
     /// Notified when the holding connection releases the session.
     released: Arc<Notify>,
@@ -68,7 +69,7 @@ pub enum AttachError {
 pub struct Sessions {
     entries: Mutex<HashMap<Arc<str>, Entry>>,
     next_generation: Mutex<u64>,
-    session_config: ServerConfig,
+    session_config: Arc<ServerConfig>,
     mailbox_limits: MailboxLimits,
 }
 
@@ -80,7 +81,7 @@ impl Sessions {
         Sessions {
             entries: Mutex::new(HashMap::new()),
             next_generation: Mutex::new(0),
-            session_config,
+            session_config: Arc::new(session_config),
             mailbox_limits,
         }
     }
@@ -200,7 +201,7 @@ impl Sessions {
 
     fn new_session(&self, client_id: &str) -> ServerSession {
         let id = MqttString::try_from(client_id).unwrap_or_default();
-        ServerSession::new(id, self.session_config.clone())
+        ServerSession::new(id, Arc::clone(&self.session_config))
     }
 
     /// Gives a session back when its connection ends. With a Session Expiry Interval of
@@ -234,10 +235,10 @@ impl Sessions {
             // DISCONNECT may have changed the interval.
             journal.session(&held.client_id, expiry);
         }
-        entry.parked = Some(Parked {
+        entry.parked = Some(Box::new(Parked {
             session: held.session,
             subscriptions: held.subscriptions,
-        });
+        }));
         (expiry != u32::MAX).then(|| Duration::from_secs(u64::from(expiry)))
     }
 
@@ -301,10 +302,10 @@ impl Sessions {
                 Entry {
                     generation,
                     mailbox,
-                    parked: Some(Parked {
+                    parked: Some(Box::new(Parked {
                         session,
                         subscriptions,
-                    }),
+                    })),
                     takeover: Arc::new(Notify::new()),
                     released: Arc::new(Notify::new()),
                 },

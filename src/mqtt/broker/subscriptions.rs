@@ -112,6 +112,9 @@ impl<K: Clone + PartialEq, V: Clone> SubscriptionTree<K, V> {
         match list.iter_mut().find(|(k, _)| *k == key) {
             Some((_, old)) => Some(std::mem::replace(old, value)),
             None => {
+                // Most filters have one subscriber: no room for four (a thousand sensors
+                // on their own topics would otherwise each pay for three empty slots).
+                list.reserve_exact(1);
                 list.push((key, value));
                 self.len += 1;
                 None

@@ -234,7 +234,8 @@ struct Link {
 /// The protocol state of one client's session.
 #[derive(Debug)]
 pub struct ServerSession {
-    config: ServerConfig,
+    /// Shared by every session of the broker (one copy, not one per client).
+    config: Arc<ServerConfig>,
     client_id: MqttString,
     state: State,
     link: Option<Link>,
@@ -257,9 +258,9 @@ pub struct ServerSession {
 }
 
 impl ServerSession {
-    pub fn new(client_id: MqttString, config: ServerConfig) -> Self {
+    pub fn new(client_id: MqttString, config: impl Into<Arc<ServerConfig>>) -> Self {
         ServerSession {
-            config,
+            config: config.into(),
             client_id,
             state: State::Offline,
             link: None,
@@ -949,6 +950,23 @@ impl ServerSession {
             return None;
         }
         self.keep_alive_deadline()
+    }
+
+    /// Gives back the capacity of queues that are empty: an idle connection should hold
+    /// no buffers (a queue of packets keeps room for four, about a kilobyte, after use).
+    pub fn release_spare_capacity(&mut self) {
+        if self.packets.is_empty() && self.packets.capacity() > 0 {
+            self.packets = VecDeque::new();
+        }
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        if self.waiting.is_empty() && self.waiting.capacity() > 0 {
+            self.waiting = VecDeque::new();
+        }
+        if self.inflight.is_empty() && self.inflight.capacity() > 0 {
+            self.inflight = VecDeque::new();
+        }
     }
 
     pub fn poll_packet(&mut self) -> Option<Packet> {

@@ -529,6 +529,28 @@ fn a_delayed_will_is_cancelled_by_a_reconnect_in_time_and_published_after_the_de
     assert!(dropped.elapsed() < Duration::from_millis(900));
 }
 
+#[test]
+fn a_clean_start_within_the_will_delay_ends_the_old_session_and_its_will_goes_at_once() {
+    let broker = TestBroker::start_with(quiet_config());
+    let port = broker.port();
+    let mut watcher = Raw::connected(port, v5("clean-watcher"));
+    watcher.subscribe(1, &[("will/t", QoS::AtLeastOnce)]);
+    let e = will_client(port, "delay-e", Some(30), 60);
+    e.drop_connection();
+    wait_for_connected(&broker, 1);
+    // A new session for the same client id (Clean Start): the old session ends, and a
+    // will waiting for its delay is sent when its session ends [MQTT-3.1.3-9].
+    let started = Instant::now();
+    let (_e_again, connack) = Raw::connect(port, v5("delay-e"));
+    assert!(!connack.session_present);
+    let got = watcher.expect_publish();
+    assert_eq!(&got.payload[..], b"delay-e is gone");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "sent at the clean start, not after the 30 s delay"
+    );
+}
+
 // ---- CONNACK ----------------------------------------------------------------------------
 
 #[test]
@@ -745,7 +767,7 @@ pub fn no_subscribe_config() -> BrokerConfig {
 }
 
 #[test]
-fn a_refused_subscription_or_publish_is_answered_with_0x87() {
+fn a_refused_subscription_hears_0x80_as_the_paho_suite_expects_and_a_refused_publish_0x87() {
     let broker = TestBroker::start_with(no_subscribe_config());
     let mut raw = Raw::connected(broker.port(), v5("refused"));
     assert_eq!(
@@ -756,7 +778,7 @@ fn a_refused_subscription_or_publish_is_answered_with_0x87() {
                 ("test/ok", QoS::AtLeastOnce)
             ]
         ),
-        [ReasonCode::NOT_AUTHORIZED, ReasonCode::GRANTED_QOS_1]
+        [ReasonCode::UNSPECIFIED_ERROR, ReasonCode::GRANTED_QOS_1]
     );
     assert_eq!(
         raw.publish(publish("test/nopublish", 1, 2, "x")),

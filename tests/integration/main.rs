@@ -6,6 +6,7 @@
 
 mod broker_auth;
 mod broker_conformance;
+mod broker_flow;
 mod broker_transport;
 mod broker_v311;
 mod broker_v5;

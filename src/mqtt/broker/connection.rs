@@ -623,7 +623,11 @@ impl<S: ReadInto> Connection<S> {
                 a.may_subscribe(self.username.as_deref(), self.client_id(), &filter)
             });
             if !allowed {
-                codes.push(failure(v5, ReasonCode::NOT_AUTHORIZED));
+                // 0x80 rather than 0x87: both are allowed, and clients and the Eclipse
+                // Paho interoperability suite (`test_subscribe_failure`) expect 0x80 for a
+                // subscription the server does not allow. A refused PUBLISH still hears
+                // 0x87 in its PUBACK.
+                codes.push(ReasonCode::UNSPECIFIED_ERROR);
                 continue;
             }
             let subscriber = Subscriber {
@@ -718,14 +722,13 @@ impl<S: ReadInto> Connection<S> {
         let generation = self.held.generation;
         let expiry = core.sessions.release(self.held, &core.router);
         if let Some(will) = will {
-            schedule_will(
-                &core,
+            let pending = PendingWill {
                 will,
                 username,
-                Arc::clone(&client_id),
+                client_id: Arc::clone(&client_id),
                 generation,
-                expiry,
-            );
+            };
+            schedule_will(&core, pending, expiry);
         }
         if let Some(after) = expiry {
             schedule_expiry(&core, client_id, generation, after);
@@ -862,36 +865,52 @@ fn failure(v5: bool, reason: ReasonCode) -> ReasonCode {
     }
 }
 
-/// Publishes a will now, or after its Will Delay Interval unless the client connected
-/// again first [MQTT-3.1.3-9]. The delay never outlasts the session (`expiry`, `None`
-/// when the session ended at once or never expires).
-fn schedule_will(
-    core: &Arc<Core>,
+/// A will that may have to wait for its Will Delay Interval.
+struct PendingWill {
     will: Will,
     username: Option<Arc<str>>,
     client_id: Arc<str>,
+    /// The connection that ended.
     generation: u64,
-    expiry: Option<Duration>,
-) {
-    let will_delay =
-        Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
+}
+
+/// Publishes a will now, or after its Will Delay Interval, or when its session ends if
+/// that comes first (a clean start or expiry); a connection resuming the same session in
+/// time cancels it [MQTT-3.1.3-9]. `expiry` is the parked session's expiry (`None`: it
+/// ended at once or never expires).
+fn schedule_will(core: &Arc<Core>, pending: PendingWill, expiry: Option<Duration>) {
+    let will_delay = Duration::from_secs(u64::from(
+        pending.will.properties.will_delay_interval.unwrap_or(0),
+    ));
     let delay = match expiry {
         Some(expiry) => will_delay.min(expiry),
-        // The session ended at once: the will goes now. A session that never expires
-        // waits the whole delay.
-        None if core.sessions.is_current(&client_id, generation) => will_delay,
-        None => Duration::ZERO,
+        // A session that never expires waits the whole delay; one that ended: none.
+        None => will_delay,
     };
-    if delay.is_zero() {
-        publish_will(core, will, username.as_deref(), client_id);
+    let signal = if delay.is_zero() {
+        None
+    } else {
+        core.sessions
+            .arm_will(&pending.client_id, pending.generation)
+    };
+    let Some(signal) = signal else {
+        publish_will(
+            core,
+            pending.will,
+            pending.username.as_deref(),
+            pending.client_id,
+        );
         return;
-    }
+    };
     let core = Arc::clone(core);
     tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
-        // A new connection for this client id since then cancels the will.
-        if !core.sessions.reconnected_since(&client_id, generation) {
-            publish_will(&core, will, username.as_deref(), client_id);
+        if signal.publish_after(delay).await {
+            publish_will(
+                &core,
+                pending.will,
+                pending.username.as_deref(),
+                pending.client_id,
+            );
         }
     });
 }

@@ -56,6 +56,47 @@ struct Entry {
     takeover: Arc<Notify>,
     /// Notified when the holding connection releases the session.
     released: Arc<Notify>,
+    /// The will of the last connection, waiting for its delay: a connection resuming
+    /// this session cancels it, the end of the session sends it at once
+    /// [MQTT-3.1.3-9].
+    pending_will: Option<Arc<WillSignal>>,
+}
+
+/// What becomes of a will waiting for its Will Delay Interval.
+#[derive(Debug)]
+pub struct WillSignal {
+    /// `WILL_WAITING`, `WILL_CANCELLED` or `WILL_NOW`.
+    fate: std::sync::atomic::AtomicU8,
+    changed: Notify,
+}
+
+const WILL_WAITING: u8 = 0;
+const WILL_CANCELLED: u8 = 1;
+const WILL_NOW: u8 = 2;
+
+impl WillSignal {
+    fn new() -> Self {
+        WillSignal {
+            fate: std::sync::atomic::AtomicU8::new(WILL_WAITING),
+            changed: Notify::new(),
+        }
+    }
+
+    fn set(&self, fate: u8) {
+        self.fate.store(fate, std::sync::atomic::Ordering::Release);
+        // A stored permit if the timer is not waiting yet.
+        self.changed.notify_one();
+    }
+
+    /// Waits until the delay passes or the session decides: true to publish the will.
+    pub async fn publish_after(&self, delay: Duration) -> bool {
+        let fate = || self.fate.load(std::sync::atomic::Ordering::Acquire);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = self.changed.notified() => {}
+        }
+        fate() != WILL_CANCELLED
+    }
 }
 
 /// Why a session could not be attached.
@@ -137,6 +178,7 @@ impl Sessions {
                                 parked: None,
                                 takeover: Arc::clone(&takeover),
                                 released: Arc::new(Notify::new()),
+                                pending_will: None,
                             },
                         );
                         mailbox.set_online(true);
@@ -172,6 +214,15 @@ impl Sessions {
                                 generation,
                                 session_present: true,
                             };
+                            if let Some(will) = entry.pending_will.take() {
+                                // Resumed in time: the will is off. Ended by a clean
+                                // start: it goes now.
+                                will.set(if clean_start {
+                                    WILL_NOW
+                                } else {
+                                    WILL_CANCELLED
+                                });
+                            }
                             if clean_start {
                                 if let Some(journal) = router.journal() {
                                     journal.session_end(&held.client_id);
@@ -252,6 +303,9 @@ impl Sessions {
         }
         let entry = entries.remove(client_id)?;
         drop(entries);
+        if let Some(will) = &entry.pending_will {
+            will.set(WILL_NOW);
+        }
         let parked = entry.parked?;
         if let Some(journal) = router.journal() {
             journal.session_end(&Arc::from(client_id));
@@ -308,6 +362,7 @@ impl Sessions {
                     })),
                     takeover: Arc::new(Notify::new()),
                     released: Arc::new(Notify::new()),
+                    pending_will: None,
                 },
             );
             restored.push((r.client_id, generation, r.expiry));
@@ -315,12 +370,17 @@ impl Sessions {
         restored
     }
 
-    /// True if another connection for `client_id` started after `generation` (which
-    /// cancels a delayed will).
-    pub fn reconnected_since(&self, client_id: &str, generation: u64) -> bool {
-        self.lock()
-            .get(client_id)
-            .is_some_and(|e| e.generation != generation)
+    /// Registers a will waiting for its delay with the session parked by `generation`;
+    /// `None` if the session is no longer there (then the will goes at once).
+    pub fn arm_will(&self, client_id: &str, generation: u64) -> Option<Arc<WillSignal>> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(client_id)?;
+        if entry.generation != generation || entry.parked.is_none() {
+            return None;
+        }
+        let signal = Arc::new(WillSignal::new());
+        entry.pending_will = Some(Arc::clone(&signal));
+        Some(signal)
     }
 
     /// True while `generation` still holds or parks the session of `client_id` (the

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod broker_auth;
+mod broker_config;
 mod broker_conformance;
 mod broker_flow;
 mod broker_transport;

@@ -97,16 +97,7 @@ fn finish(command: &str, outcome: cli::run::Outcome) -> ExitCode {
 /// Runs a command-line client on a single-threaded runtime: one connection needs no more,
 /// and it keeps the process small.
 fn block_on<F: std::future::Future<Output = cli::run::Outcome>>(run: F) -> cli::run::Outcome {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(run),
-        Err(e) => cli::run::Outcome {
-            code: cli::EXIT_ERROR,
-            message: Some(format!("cannot start the runtime: {e}")),
-        },
-    }
+    block_on_runtime(tokio::runtime::Builder::new_current_thread(), run)
 }
 
 /// Runs a server (the broker) on a runtime with a worker per core: connections are
@@ -114,10 +105,14 @@ fn block_on<F: std::future::Future<Output = cli::run::Outcome>>(run: F) -> cli::
 fn block_on_threads<F: std::future::Future<Output = cli::run::Outcome>>(
     run: F,
 ) -> cli::run::Outcome {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    block_on_runtime(tokio::runtime::Builder::new_multi_thread(), run)
+}
+
+fn block_on_runtime<F: std::future::Future<Output = cli::run::Outcome>>(
+    mut builder: tokio::runtime::Builder,
+    run: F,
+) -> cli::run::Outcome {
+    match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(run),
         Err(e) => cli::run::Outcome {
             code: cli::EXIT_ERROR,

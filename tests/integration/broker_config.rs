@@ -3,22 +3,12 @@
 //! mosquitto's clients and paho-mqtt over WebSocket.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{TempDir, require_peers, run_python, wait_child_output};
+use crate::support::{TempDir, require_peers, run_program, run_python};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} starts: {e}"));
-    wait_child_output(child, TIMEOUT)
-}
 
 /// The broker as a process; returns it and its bound ports in listener order (from the
 /// `-v` lines on stderr).
@@ -91,7 +81,7 @@ fn a_configured_broker_checks_passwords_and_the_acl_and_serves_websocket_clients
     let (tcp, ws) = (&ports[0], &ports[1]);
 
     // Wrong password and no credentials: refused with a clear return code.
-    let wrong = run(
+    let wrong = run_program(
         "mosquitto_pub",
         &[
             "-p", tcp, "-u", "sensor", "-P", "nope", "-t", "plant/a", "-m", "x",
@@ -103,7 +93,7 @@ fn a_configured_broker_checks_passwords_and_the_acl_and_serves_websocket_clients
             || String::from_utf8_lossy(&wrong.stderr).contains("bad user name or password"),
         "{wrong:?}"
     );
-    let anonymous = run("mosquitto_pub", &["-p", tcp, "-t", "plant/a", "-m", "x"]);
+    let anonymous = run_program("mosquitto_pub", &["-p", tcp, "-t", "plant/a", "-m", "x"]);
     assert!(!anonymous.status.success(), "{anonymous:?}");
 
     // The dashboard subscribes over WebSocket (paho), the sensor publishes over TCP.
@@ -134,7 +124,7 @@ for t, p in got:
     // Publish until the dashboard has surely subscribed: its first line says so, but it
     // is captured; so the sensor repeats a probe the ACL allows, then sends the end mark.
     let sensor = |topic: &str, message: &str| {
-        run(
+        run_program(
             "mosquitto_pub",
             &[
                 "-p", tcp, "-u", "sensor", "-P", "s3cret", "-q", "1", "-t", topic, "-m", message,

@@ -13,19 +13,9 @@ use fieldgate::mqtt::broker::{Broker, BrokerConfig, BrokerError, ListenerConfig,
 
 use crate::support::broker::TestBroker;
 use crate::support::tls::TestPki;
-use crate::support::{TempDir, require_peer, wait_child_output, wait_until};
+use crate::support::{TempDir, require_peer, run_program, wait_child_output, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} starts: {e}"));
-    wait_child_output(child, TIMEOUT)
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -109,7 +99,7 @@ fn mosquitto_clients_talk_to_our_broker_over_tls() {
             "1",
         ],
     );
-    let publish = run(
+    let publish = run_program(
         "mosquitto_pub",
         &[
             "-h",
@@ -151,13 +141,13 @@ fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
         "-m",
         "x",
     ];
-    let without = run("mosquitto_pub", &base);
+    let without = run_program("mosquitto_pub", &base);
     assert!(!without.status.success(), "accepted without a certificate");
     let cert = pki.client_cert.display().to_string();
     let key = pki.client_key.display().to_string();
     let mut with = base.to_vec();
     with.extend(["--cert", &cert, "--key", &key]);
-    let with = run("mosquitto_pub", &with);
+    let with = run_program("mosquitto_pub", &with);
     assert!(
         with.status.success(),
         "refused with a certificate: {}",
@@ -199,7 +189,7 @@ fn persistent_broker(dir: &TempDir) -> TestBroker {
 
 /// Subscribes `keeper` with a persistent session and leaves (`-E`: exit after SUBACK).
 fn leave_persistent_subscription(port: &str) {
-    let sub = run(
+    let sub = run_program(
         "mosquitto_sub",
         &[
             "-p", port, "-c", "-i", "keeper", "-q", "1", "-t", "p/#", "-E",
@@ -210,13 +200,13 @@ fn leave_persistent_subscription(port: &str) {
 
 fn publish_while_away(port: &str) {
     for (topic, message) in [("p/1", "one"), ("p/2", "two")] {
-        let out = run(
+        let out = run_program(
             "mosquitto_pub",
             &["-p", port, "-q", "1", "-t", topic, "-m", message],
         );
         assert!(out.status.success(), "{out:?}");
     }
-    let out = run(
+    let out = run_program(
         "mosquitto_pub",
         &[
             "-p",
@@ -234,14 +224,14 @@ fn publish_while_away(port: &str) {
 }
 
 fn collect_after_restart(port: &str) {
-    let queued = run(
+    let queued = run_program(
         "mosquitto_sub",
         &[
             "-p", port, "-c", "-i", "keeper", "-q", "1", "-t", "p/#", "-v", "-C", "2", "-W", "10",
         ],
     );
     assert_eq!(stdout(&queued), "p/1 one\np/2 two\n", "{queued:?}");
-    let retained = run(
+    let retained = run_program(
         "mosquitto_sub",
         &["-p", port, "-t", "r/#", "-v", "-C", "1", "-W", "10"],
     );
@@ -329,7 +319,7 @@ fn a_clean_start_discards_the_persisted_session() {
     leave_persistent_subscription(&port);
     publish_while_away(&port);
     // A clean session ends the stored one: nothing queued, and no subscription left.
-    let clean = run(
+    let clean = run_program(
         "mosquitto_sub",
         &[
             "-p", &port, "-i", "keeper", "-q", "1", "-t", "other", "-v", "-W", "1",
@@ -339,7 +329,7 @@ fn a_clean_start_discards_the_persisted_session() {
     broker.shutdown();
     let broker = persistent_broker(&dir);
     let port = broker.port().to_string();
-    let resumed = run(
+    let resumed = run_program(
         "mosquitto_sub",
         &[
             "-p", &port, "-c", "-i", "keeper", "-q", "1", "-t", "nothing", "-v", "-W", "1",

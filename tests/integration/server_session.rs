@@ -41,6 +41,16 @@ fn session(config: ServerConfig) -> ServerSession {
     ServerSession::new(MqttString::try_from("dev-1").unwrap(), config)
 }
 
+/// A session with default limits, connected at `t0` by a client with keep-alive 0 and
+/// `props`, its CONNACK already taken.
+fn connected(protocol: ProtocolVersion, props: ConnectProperties) -> (ServerSession, Instant) {
+    let t0 = Instant::now();
+    let mut s = session(ServerConfig::default());
+    s.accept(&connect(protocol, 0, props), false, None, t0);
+    drain(&mut s);
+    (s, t0)
+}
+
 fn drain(s: &mut ServerSession) -> Vec<Packet> {
     std::iter::from_fn(|| s.poll_packet()).collect()
 }
@@ -185,15 +195,7 @@ fn the_window_never_exceeds_the_clients_receive_maximum() {
 
 #[test]
 fn a_resumed_session_resends_unacknowledged_publishes_with_dup_and_pubrel_for_released_ones() {
-    let t0 = Instant::now();
-    let mut s = session(ServerConfig::default());
-    s.accept(
-        &connect(V5, 0, ConnectProperties::default()),
-        false,
-        None,
-        t0,
-    );
-    drain(&mut s);
+    let (mut s, t0) = connected(V5, ConnectProperties::default());
     s.deliver(
         outgoing(&message("a", QoS::AtLeastOnce, None), QoS::AtLeastOnce),
         t0,
@@ -232,15 +234,7 @@ fn a_resumed_session_resends_unacknowledged_publishes_with_dup_and_pubrel_for_re
 
 #[test]
 fn an_inbound_qos2_resend_is_answered_but_routed_once() {
-    let t0 = Instant::now();
-    let mut s = session(ServerConfig::default());
-    s.accept(
-        &connect(V3, 0, ConnectProperties::default()),
-        false,
-        None,
-        t0,
-    );
-    drain(&mut s);
+    let (mut s, t0) = connected(V3, ConnectProperties::default());
     let publish = Publish {
         dup: false,
         qos: QoS::ExactlyOnce,
@@ -319,15 +313,7 @@ fn more_open_qos2_flows_than_our_receive_maximum_is_disconnect_0x93() {
 
 #[test]
 fn a_topic_alias_from_the_client_is_resolved_and_an_unknown_one_is_a_protocol_error() {
-    let t0 = Instant::now();
-    let mut s = session(ServerConfig::default());
-    s.accept(
-        &connect(V5, 0, ConnectProperties::default()),
-        false,
-        None,
-        t0,
-    );
-    drain(&mut s);
+    let (mut s, t0) = connected(V5, ConnectProperties::default());
     let with_alias = |topic: &str, alias: u16| {
         Packet::Publish(Publish {
             dup: false,
@@ -420,15 +406,7 @@ fn a_message_larger_than_the_clients_maximum_packet_size_is_dropped_not_sent() {
 
 #[test]
 fn an_expired_message_is_not_sent_and_the_rest_of_its_interval_is() {
-    let t0 = Instant::now();
-    let mut s = session(ServerConfig::default());
-    s.accept(
-        &connect(V5, 0, ConnectProperties::default()),
-        false,
-        None,
-        t0,
-    );
-    drain(&mut s);
+    let (mut s, t0) = connected(V5, ConnectProperties::default());
     let expiring = |topic: &str, secs: u64| {
         Arc::new(Message {
             expires_at: Some(t0 + Duration::from_secs(secs)),

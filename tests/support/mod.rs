@@ -132,6 +132,13 @@ pub fn run_python_with_timeout(script: &str, args: &[&str], timeout: Duration) -
 /// passes, and returns its output. On expiry the child is killed and the helper panics
 /// with what the child printed. Output is drained by threads so a chatty child never
 /// blocks on a full pipe.
+/// Runs `program` with `args` to its end (at most [`PEER_TIMEOUT`]), output captured.
+pub fn run_program(program: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(program);
+    command.args(args);
+    run_with_timeout(command, PEER_TIMEOUT)
+}
+
 pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
     let description = format!("{command:?}");
     let child = command

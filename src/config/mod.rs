@@ -28,6 +28,51 @@ pub struct Config {
     pub gateway: Gateway,
     /// `None` when the file has no `broker:` section (no local broker).
     pub broker: Option<BrokerConfig>,
+    pub devices: Vec<Device>,
+}
+
+/// A device and the points it reads or writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    /// A topic level: `<prefix>/<device>/<point>`.
+    pub id: String,
+    pub source: Source,
+    /// How often its points are read.
+    pub poll: Duration,
+    pub points: Vec<Point>,
+}
+
+/// Where a device's values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Simulated values, for demos and end-to-end tests.
+    Sim,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub id: String,
+    /// For a `sim` device: what the value does.
+    pub sim: Option<SimWave>,
+    pub unit: Option<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub writable: bool,
+    pub qos: crate::mqtt::packet::QoS,
+    pub retain: bool,
+}
+
+/// A simulated point's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SimWave {
+    /// Between `min` and `max` (default 0..1) over `period`.
+    Sine { period: Duration },
+    /// Counts up by one each poll.
+    Counter,
+    /// A boolean that keeps what it is set to (writable).
+    Switch,
+    /// Keeps the number it is set to (writable), starting at `min` or 0.
+    Constant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +128,14 @@ impl ConfigError {
     }
 }
 
+/// The embedded default configuration (`config/fieldgate.yaml`, compiled in).
+pub const DEFAULT: &str = include_str!("../../config/fieldgate.yaml");
+
+/// Checks the embedded default; its relative paths are taken from the working directory.
+pub fn default_config() -> Result<Config, ConfigError> {
+    parse(DEFAULT, Path::new("."))
+}
+
 /// Reads and checks a configuration file. Relative paths inside it (password file, TLS
 /// files, state directory) are taken relative to the file's directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -106,8 +159,13 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         .broker
         .as_ref()
         .map(|b| check.broker(b, &gateway.state_dir));
+    let devices = check.devices(&raw.devices);
     if check.problems.is_empty() {
-        Ok(Config { gateway, broker })
+        Ok(Config {
+            gateway,
+            broker,
+            devices,
+        })
     } else {
         Err(ConfigError::Invalid(check.problems))
     }
@@ -346,6 +404,137 @@ impl Checker {
         config
     }
 
+    /// A name used as a topic level: not empty, no `/`, `+`, `#`.
+    fn topic_level(&mut self, path: &str, text: &Text) -> bool {
+        let ok = !text.value.is_empty() && !text.value.contains(['/', '+', '#']);
+        if !ok {
+            self.problem(
+                path,
+                Some(text.referenced.line()),
+                format!(
+                    "{:?} must be non-empty without '/', '+' or '#' (it is a topic level)",
+                    text.value
+                ),
+            );
+        }
+        ok
+    }
+
+    fn devices(&mut self, raw: &[raw::RawDevice]) -> Vec<Device> {
+        let mut devices = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in raw.iter().enumerate() {
+            let path = format!("devices[{i}]");
+            let line = Some(d.id.referenced.line());
+            self.topic_level(&format!("{path}.id"), &d.id);
+            if !seen.insert(d.id.value.clone()) {
+                self.problem(
+                    &format!("{path}.id"),
+                    line,
+                    format!("{:?} is used twice", d.id.value),
+                );
+            }
+            let source = match d.source.value.as_str() {
+                "sim" => Source::Sim,
+                "serial" | "gpio" | "modbus" => {
+                    self.problem(
+                        &format!("{path}.source"),
+                        Some(d.source.referenced.line()),
+                        format!(
+                            "{:?} devices are not built yet; this build has `sim`",
+                            d.source.value
+                        ),
+                    );
+                    continue;
+                }
+                other => {
+                    self.problem(
+                        &format!("{path}.source"),
+                        Some(d.source.referenced.line()),
+                        format!(
+                            "{other:?} is not a device source; use sim, serial, gpio or modbus"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let poll = self.duration(&format!("{path}.poll"), &d.poll, Duration::from_secs(1));
+            if poll.is_zero() {
+                self.problem(&format!("{path}.poll"), line, "must be more than 0s");
+            }
+            let mut points = Vec::new();
+            let mut point_ids = std::collections::HashSet::new();
+            for (j, p) in d.points.iter().enumerate() {
+                let ppath = format!("{path}.points[{j}]");
+                let pline = Some(p.id.referenced.line());
+                self.topic_level(&format!("{ppath}.id"), &p.id);
+                if !point_ids.insert(p.id.value.clone()) {
+                    self.problem(
+                        &format!("{ppath}.id"),
+                        pline,
+                        format!("{:?} is used twice", p.id.value),
+                    );
+                }
+                let period = self.duration(
+                    &format!("{ppath}.period"),
+                    &p.period,
+                    Duration::from_secs(60),
+                );
+                let sim = match (source, p.sim.as_ref().map(|s| s.value.as_str())) {
+                    (Source::Sim, Some("sine")) if !period.is_zero() => {
+                        Some(SimWave::Sine { period })
+                    }
+                    (Source::Sim, Some("sine")) => {
+                        self.problem(&format!("{ppath}.period"), pline, "must be more than 0s");
+                        None
+                    }
+                    (Source::Sim, Some("counter")) => Some(SimWave::Counter),
+                    (Source::Sim, Some("switch")) => Some(SimWave::Switch),
+                    (Source::Sim, Some("constant") | None) => Some(SimWave::Constant),
+                    (Source::Sim, Some(other)) => {
+                        self.problem(
+                            &format!("{ppath}.sim"),
+                            pline,
+                            format!("{other:?} is not one of sine, counter, switch, constant"),
+                        );
+                        None
+                    }
+                };
+                let (min, max) = (
+                    p.min.as_ref().map(|m| m.value),
+                    p.max.as_ref().map(|m| m.value),
+                );
+                if let (Some(lo), Some(hi)) = (min, max)
+                    && lo > hi
+                {
+                    self.problem(
+                        &format!("{ppath}.min"),
+                        pline,
+                        format!("{lo} is above max {hi}"),
+                    );
+                }
+                let qos = self.number(&format!("{ppath}.qos"), &p.qos, 0..=2, 0);
+                points.push(Point {
+                    id: p.id.value.clone(),
+                    sim,
+                    unit: p.unit.as_ref().map(|u| u.value.clone()),
+                    min,
+                    max,
+                    writable: p.writable,
+                    qos: crate::mqtt::packet::QoS::from_u8(qos as u8).unwrap_or_default(),
+                    retain: p.retain,
+                });
+            }
+            devices.push(Device {
+                id: d.id.value.clone(),
+                source,
+                poll,
+                points,
+            });
+        }
+        devices
+    }
+
     fn limits(&mut self, raw: &RawLimits, config: &mut BrokerConfig) {
         let p = |key: &str| format!("broker.limits.{key}");
         config.max_connections = self.number(
@@ -435,6 +624,15 @@ mod tests {
         parse(yaml, Path::new("/nonexistent"))
             .unwrap_err()
             .problems()
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid_and_has_a_broker_and_a_sim_device() {
+        let config = default_config().unwrap();
+        assert!(config.broker.is_some());
+        assert_eq!(config.devices.len(), 1);
+        assert_eq!(config.devices[0].source, Source::Sim);
+        assert!(config.devices[0].points.iter().any(|p| p.writable));
     }
 
     #[test]

@@ -14,6 +14,37 @@ pub struct RawConfig {
     #[serde(default)]
     pub gateway: RawGateway,
     pub broker: Option<RawBroker>,
+    #[serde(default)]
+    pub devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub id: Text,
+    /// `sim` today; `serial`, `gpio` and Modbus buses come with their issues.
+    pub source: Text,
+    pub poll: Option<Text>,
+    #[serde(default)]
+    pub points: Vec<RawPoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoint {
+    pub id: Text,
+    /// For `sim` devices: `sine`, `counter`, `switch` or `constant`.
+    pub sim: Option<Text>,
+    pub unit: Option<Text>,
+    pub min: Option<Spanned<f64>>,
+    pub max: Option<Spanned<f64>>,
+    /// A sine's period.
+    pub period: Option<Text>,
+    #[serde(default)]
+    pub writable: bool,
+    pub qos: Option<Number>,
+    #[serde(default)]
+    pub retain: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,6 +2,7 @@
 //! publishes telemetry over MQTT through its own client, with a local broker for LAN
 //! devices. See ARCHITECTURE.md for the map; this crate root only names the modules.
 
+pub mod app;
 pub mod bridge;
 pub mod config;
 pub mod devices;

@@ -1,9 +1,10 @@
 //! The `fieldgate` command line. Parses arguments and hands over to the library; owns no
 //! protocol or gateway logic itself.
 //!
-//! Today it offers `pub` and `sub` (MQTT command-line clients with mosquitto_pub/_sub's
-//! flags), `decode` (print the MQTT packets in a hex dump, handy with captures); `run`
-//! says what is not built yet instead of pretending.
+//! It offers `run` (the gateway), `broker` (the MQTT broker alone), `pub` and `sub` (MQTT
+//! command-line clients with mosquitto_pub/_sub's flags), `passwd` (broker password
+//! files), `check-config` / `print-default-config`, and `decode` (the MQTT packets in a
+//! hex dump, handy with captures).
 
 mod cli;
 
@@ -17,7 +18,9 @@ const USAGE: &str = "\
 usage: fieldgate <command>
 
 commands:
-  run                      run the gateway (not built yet: see README, Status)
+  run [-c FILE]            run the gateway (default: the embedded configuration)
+  check-config FILE        check a configuration file and list every problem
+  print-default-config     print the embedded default configuration
   broker [-p PORT]         run the MQTT broker alone (like mosquitto -p; --help for options)
   pub [options]            publish MQTT messages (like mosquitto_pub; --help for options)
   sub [options]            print MQTT messages (like mosquitto_sub; --help for options)
@@ -38,12 +41,18 @@ fn main() -> ExitCode {
             println!("fieldgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        ["run", ..] => {
-            eprintln!(
-                "fieldgate run: the gateway runtime is not built yet; this build has the \
-                 MQTT 3.1.1/5.0 codec (try `fieldgate decode`)"
-            );
-            ExitCode::from(2)
+        ["run", rest @ ..] => match cli::gateway::parse_run(rest) {
+            Ok(Some(file)) => finish("run", block_on_threads(cli::gateway::run(file))),
+            Ok(None) => help(cli::gateway::RUN_HELP),
+            Err(message) => {
+                eprintln!("fieldgate run: {message}");
+                ExitCode::from(cli::EXIT_USAGE)
+            }
+        },
+        ["check-config", rest @ ..] => finish("check-config", cli::gateway::check(rest)),
+        ["print-default-config"] => {
+            print!("{}", fieldgate::config::DEFAULT);
+            ExitCode::SUCCESS
         }
         ["broker", rest @ ..] => match cli::broker::parse_broker(rest) {
             Ok(cli::Command::Help(text)) => help(text),

@@ -178,7 +178,7 @@ async fn serve(config: BrokerConfig, verbose: bool) -> Outcome {
     }
 }
 
-async fn wait_for_stop_signal() {
+pub(super) async fn wait_for_stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),

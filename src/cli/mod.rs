@@ -25,6 +25,7 @@
 
 pub mod broker;
 mod format;
+pub mod gateway;
 mod options;
 pub mod passwd;
 mod pub_args;

@@ -15,6 +15,10 @@ impl Value {
     pub fn to_json(self) -> serde_json::Value {
         match self {
             Value::Bool(b) => serde_json::Value::Bool(b),
+            // A whole number reads as one (`3`, not `3.0`), as people expect of counters.
+            Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+                serde_json::Value::Number((n as i64).into())
+            }
             Value::Number(n) => serde_json::Number::from_f64(n)
                 .map_or(serde_json::Value::Null, serde_json::Value::Number),
         }

@@ -20,6 +20,7 @@ mod client_session;
 mod codec_fixtures;
 mod codec_interop;
 mod codec_roundtrip;
+mod gateway_run;
 mod peers;
 mod protocol_core_has_no_io;
 mod server_session;

@@ -1,0 +1,103 @@
+//! `fieldgate run`, `fieldgate check-config` and `fieldgate print-default-config`: the
+//! gateway's command line. Reading and checking the YAML is `config`'s job, running it
+//! `app`'s; this owns the flags, the messages and the exit codes.
+
+use std::path::PathBuf;
+
+use fieldgate::app::Gateway;
+use fieldgate::config::{self, Config, ConfigError};
+
+use super::run::Outcome;
+use super::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};
+
+pub const RUN_HELP: &str = "\
+usage: fieldgate run [-c FILE]
+
+Runs the gateway: the local broker, the devices, telemetry and commands, until SIGINT
+or SIGTERM. Without -c it runs the embedded default (a broker on 127.0.0.1:1883 and a
+simulated device); `fieldgate print-default-config` shows it. Watch and drive it with
+
+  fieldgate sub -t 'fieldgate/#' -v
+  fieldgate pub -t fieldgate/fieldgate/demo/switch/set -m on";
+
+/// `run [-c FILE]`: the configuration file, if any.
+pub fn parse_run(args: &[&str]) -> Result<Option<Option<PathBuf>>, String> {
+    match args {
+        [] => Ok(Some(None)),
+        ["--help" | "-h"] => Ok(None),
+        ["-c" | "--config", file] => Ok(Some(Some(PathBuf::from(file)))),
+        ["-c" | "--config"] => Err("-c: missing value; expected a YAML file after it".into()),
+        [other, ..] => Err(format!(
+            "unexpected argument {other:?} (--help lists the options)"
+        )),
+    }
+}
+
+fn load(file: Option<&PathBuf>) -> Result<Config, Outcome> {
+    let loaded = match file {
+        Some(file) => config::load(file),
+        None => config::default_config(),
+    };
+    loaded.map_err(|e| Outcome {
+        code: EXIT_USAGE,
+        message: Some(describe(file, &e)),
+    })
+}
+
+fn describe(file: Option<&PathBuf>, e: &ConfigError) -> String {
+    let name = file.map_or_else(
+        || "the embedded default".to_string(),
+        |f| f.display().to_string(),
+    );
+    format!("{name}:\n{e}")
+}
+
+/// Runs the gateway until a stop signal.
+pub async fn run(file: Option<PathBuf>) -> Outcome {
+    let config = match load(file.as_ref()) {
+        Ok(config) => config,
+        Err(outcome) => return outcome,
+    };
+    let gateway = match Gateway::start(config).await {
+        Ok(gateway) => gateway,
+        Err(e) => {
+            return Outcome {
+                code: EXIT_ERROR,
+                message: Some(e.to_string()),
+            };
+        }
+    };
+    for addr in gateway.broker_addrs() {
+        eprintln!("fieldgate run: broker listening on {addr}");
+    }
+    super::broker::wait_for_stop_signal().await;
+    gateway.shutdown().await;
+    Outcome {
+        code: EXIT_OK,
+        message: None,
+    }
+}
+
+/// `check-config FILE`: every problem on its own line, exit 1 if any.
+pub fn check(args: &[&str]) -> Outcome {
+    let [file] = args else {
+        return Outcome {
+            code: EXIT_USAGE,
+            message: Some("usage: fieldgate check-config FILE".into()),
+        };
+    };
+    let path = PathBuf::from(file);
+    match config::load(&path) {
+        Ok(_) => {
+            println!("{file}: ok");
+            Outcome {
+                code: EXIT_OK,
+                message: None,
+            }
+        }
+        Err(e) => Outcome {
+            code: EXIT_USAGE,
+            message: Some(describe(Some(&path), &e)),
+        },
+    }
+}

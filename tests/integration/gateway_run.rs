@@ -1,0 +1,235 @@
+//! `fieldgate run` as a process, driven with mosquitto's clients: telemetry and
+//! availability appear on the local broker, `set` commands change a simulated switch
+//! and answer on `.../set/result`, bad commands get error results and change nothing,
+//! and `check-config` lists every mistake in a file.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{TempDir, require_peer, run_program, wait_child_output};
+
+const CONFIG: &str = "\
+gateway:
+  id: gw1
+broker:
+  listeners:
+    - bind: 127.0.0.1:0
+devices:
+  - id: demo
+    source: sim
+    poll: 100ms
+    points:
+      - id: temperature
+        sim: sine
+        period: 10s
+        min: 18
+        max: 24
+        unit: \"°C\"
+      - id: level
+        sim: constant
+        writable: true
+        min: 0
+        max: 100
+      - id: switch
+        sim: switch
+        writable: true
+        qos: 1
+        retain: true
+";
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `fieldgate run -c FILE`; returns it and its broker's port.
+fn start(dir: &TempDir) -> (Running, String) {
+    let file = dir.path().join("fieldgate.yaml");
+    std::fs::write(&file, CONFIG).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fieldgate run starts");
+    let line = BufReader::new(child.stderr.take().expect("piped"))
+        .lines()
+        .next()
+        .expect("a line on stderr")
+        .expect("stderr");
+    let port = line
+        .rsplit(':')
+        .next()
+        .expect("ADDR:PORT")
+        .trim()
+        .to_string();
+    assert!(
+        port.parse::<u16>().is_ok(),
+        "unexpected first line {line:?}"
+    );
+    (Running(child), port)
+}
+
+/// The first `count` messages on `filter` (mosquitto_sub -v), within 10 s.
+fn receive(port: &str, filters: &[&str], count: usize) -> Vec<String> {
+    let mut args = vec!["-p", port, "-v", "-W", "10"];
+    let count = count.to_string();
+    args.extend(["-C", &count]);
+    for f in filters {
+        args.extend(["-t", f]);
+    }
+    let out = run_program("mosquitto_sub", &args);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn json(line: &str) -> serde_json::Value {
+    let payload = line.split_once(' ').expect("topic payload").1;
+    serde_json::from_str(payload).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[test]
+fn the_gateway_publishes_telemetry_and_availability_and_executes_set_commands() {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-run");
+    let (_gateway, port) = start(&dir);
+    // Availability is retained; telemetry flows every 100 ms.
+    let got = receive(&port, &["fieldgate/gw1/availability"], 1);
+    assert_eq!(got, ["fieldgate/gw1/availability online"]);
+    let got = receive(&port, &["fieldgate/gw1/demo/temperature"], 2);
+    let reading = json(&got[0]);
+    let t = reading["value"].as_f64().expect("a number");
+    assert!((18.0..=24.0).contains(&t), "{reading}");
+    assert_eq!(reading["unit"], "°C");
+    assert_eq!(reading["quality"], "good");
+    assert!(reading["ts"].as_str().is_some_and(|ts| ts.ends_with('Z')));
+
+    // A command with an id: the result echoes it, and the new state is published.
+    let watch = Command::new("mosquitto_sub")
+        .args(["-p", &port, "-v", "-W", "10", "-C", "4"])
+        .args(["-t", "fieldgate/gw1/demo/+/set/result"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub starts");
+    // Results are not retained: publish until the watcher has seen them all (it
+    // subscribes asynchronously), without sleeping to guess when it is ready.
+    let commands: [(&str, &str); 4] = [
+        (
+            "fieldgate/gw1/demo/switch/set",
+            r#"{"value": "on", "id": "abc"}"#,
+        ),
+        ("fieldgate/gw1/demo/level/set", "250"),
+        ("fieldgate/gw1/demo/temperature/set", "20"),
+        ("fieldgate/gw1/demo/switch/set", "banana"),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut watch = Some(watch);
+    let mut results = Vec::new();
+    while let Some(mut child) = watch.take() {
+        for (topic, payload) in commands {
+            let out = run_program(
+                "mosquitto_pub",
+                &["-p", &port, "-q", "1", "-t", topic, "-m", payload],
+            );
+            assert!(out.status.success(), "{out:?}");
+        }
+        match child.try_wait().expect("poll mosquitto_sub") {
+            Some(_) => {
+                let out = wait_child_output(child, Duration::from_secs(5));
+                results = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(String::from)
+                    .collect();
+            }
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+                watch = Some(child);
+            }
+            None => panic!("no results within 10 s"),
+        }
+    }
+    let by_point = |point: &str| -> Vec<serde_json::Value> {
+        results
+            .iter()
+            .filter(|l| l.starts_with(&format!("fieldgate/gw1/demo/{point}/set/result ")))
+            .map(|l| json(l))
+            .collect()
+    };
+    let switch = by_point("switch");
+    assert!(
+        switch.contains(&serde_json::json!({"id": "abc", "ok": true, "value": true})),
+        "{results:?}"
+    );
+    assert!(
+        switch
+            .iter()
+            .any(|r| r["ok"] == false && r["error"].as_str().is_some_and(|e| e.contains("banana"))),
+        "{results:?}"
+    );
+    let level = by_point("level");
+    assert!(
+        level.iter().any(|r| r["ok"] == false && r["error"].as_str().is_some_and(|e| e.contains("outside"))),
+        "out of range refused: {results:?}"
+    );
+    let temperature = by_point("temperature");
+    assert!(
+        temperature.iter().any(|r| r["ok"] == false
+            && r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not writable"))),
+        "{results:?}"
+    );
+    // The switch's new state is retained: a late subscriber sees `true`.
+    let state = receive(&port, &["fieldgate/gw1/demo/switch"], 1);
+    assert_eq!(json(&state[0])["value"], true, "{state:?}");
+}
+
+#[test]
+fn check_config_lists_every_mistake_with_its_line() {
+    let dir = TempDir::new("check-config");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "broker:\n  listeners:\n    - bind: nowhere\ndevices:\n  - id: a/b\n    source: sim\n    points:\n      - id: x\n        sim: square\n      - id: x\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "broker.listeners[0].bind: \"nowhere\" is not an address",
+        "devices[0].id: \"a/b\" must be non-empty",
+        "devices[0].points[0].sim: \"square\" is not one of",
+        "devices[0].points[1].id: \"x\" is used twice",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(
+        err.contains("(line 3)") && err.contains("(line 10)"),
+        "{err}"
+    );
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, fieldgate::config::DEFAULT).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+}

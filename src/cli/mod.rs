@@ -1,7 +1,10 @@
-//! `fieldgate pub` and `fieldgate sub`: argument parsing, validation, help text, output
-//! formatting and exit codes, taking mosquitto_pub/mosquitto_sub's flags where they overlap
-//! so that habits carry over. It owns no networking: the MQTT driver connects, publishes and
-//! receives with the options parsed here, and nothing here reads stdin, files or sockets.
+//! The subcommands' flags, help texts, output and exit codes. `pub` and `sub` take
+//! mosquitto_pub/mosquitto_sub's flags where they overlap so that habits carry over
+//! (`options`, `pub_args`, `sub_args`, `format`, `run`); `passwd` edits password files like
+//! mosquitto_passwd; `broker` and `gateway` start the broker and the gateway from the
+//! library. It owns no protocol or gateway logic and opens no sockets itself: the library
+//! connects, serves and publishes with the options parsed here. `pub -l`/`-s`, `passwd`
+//! and the `run` modules read stdin or files where a flag asks for it.
 //!
 //! # Exit codes
 //!

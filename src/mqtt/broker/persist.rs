@@ -37,8 +37,10 @@ use crate::mqtt::topic::{TopicFilter, TopicName};
 
 const JOURNAL: &str = "broker.journal";
 const COMPACTING: &str = "broker.journal.tmp";
-/// Records queued for the writer before senders wait.
-const CHANNEL_BOUND: usize = 64 * 1024;
+/// Records queued for the writer before senders wait. The channel allocates its slots up
+/// front (about 100 bytes each), so this is also a fixed cost in memory: 4,096 slots are
+/// 400 KB, and the writer takes them a batch at a time anyway.
+const CHANNEL_BOUND: usize = 4096;
 /// The largest record accepted on recovery (a corrupt length must not allocate gigabytes).
 const MAX_RECORD: usize = 300 << 20;
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::bridge::{commands, telemetry};
-use crate::config::{Config, Device};
+use crate::config::{Config, Device, Forward, Side, Upstream};
 use crate::devices::sim::SimDevice;
 use crate::devices::{Quality, Value};
 use crate::mqtt::broker::{Broker, BrokerError, Transport};
@@ -42,19 +42,22 @@ pub enum AppError {
     Topic(String),
 }
 
-/// A command for a device task: the point, and the parsed command or why its payload
-/// is not one (answered with an error result, never executed).
+/// A command for a device task: the point, the parsed command or why its payload is not
+/// one (answered with an error result, never executed), and the broker it came from (the
+/// result goes back there).
 #[derive(Debug)]
 struct DeviceCommand {
     point: String,
     command: Result<commands::Command, commands::CommandError>,
+    reply: Handle,
 }
 
 /// A running gateway; [`Gateway::shutdown`] says `offline` and stops everything.
 #[derive(Debug)]
 pub struct Gateway {
     broker: Option<Broker>,
-    client: Handle,
+    /// The gateway's clients: the local broker's first, then the upstream one.
+    clients: Vec<Handle>,
     prefix: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -93,7 +96,14 @@ impl Gateway {
                     .map(|(a, _)| *a)
             })
             .ok_or(AppError::NoLocalBroker)?;
-        let (client, mut events) = connect(&config, addr, &prefix)?;
+        let local = connect_local(&config, addr, &prefix)?;
+        let upstream = match &config.upstream {
+            Some(upstream) => Some(connect_upstream(&config, upstream, &prefix)?),
+            None => None,
+        };
+        let clients: Vec<Handle> = std::iter::once(local.0.clone())
+            .chain(upstream.as_ref().map(|(h, _)| h.clone()))
+            .collect();
         // Commands arrive as client events; each goes to its device's task.
         let mut routes: HashMap<String, mpsc::Sender<DeviceCommand>> = HashMap::new();
         let mut tasks = Vec::new();
@@ -103,42 +113,35 @@ impl Gateway {
             tasks.push(tokio::spawn(run_device(
                 device.clone(),
                 prefix.clone(),
-                client.clone(),
+                clients.clone(),
                 rx,
             )));
         }
-        let set_filter = format!("{prefix}/+/+/set");
-        let client_for_events = client.clone();
-        let availability = topic(&format!("{prefix}/availability"))?;
-        tasks.push(tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                match event {
-                    ClientEvent::Connected { .. } => {
-                        // Retained, so late subscribers know; the will says `offline`.
-                        let online =
-                            message(availability.clone(), "online", QoS::AtLeastOnce, true);
-                        let _ = client_for_events.enqueue(online).await;
-                        if let Ok(filter) = TopicFilter::try_from(set_filter.as_str()) {
-                            let subscription = Subscription {
-                                filter,
-                                options: SubscriptionOptions {
-                                    qos: QoS::AtLeastOnce,
-                                    ..SubscriptionOptions::default()
-                                },
-                            };
-                            let _ = client_for_events.subscribe(vec![subscription]).await;
-                        }
-                    }
-                    ClientEvent::Message(publish) => {
-                        route_command(&publish, &routes, &set_filter).await;
-                    }
-                    _ => {}
-                }
-            }
-        }));
+        let routes = std::sync::Arc::new(routes);
+        let upstream_handle = upstream.as_ref().map(|(h, _)| h.clone());
+        let sides = [
+            Some((Side::Local, local, upstream_handle)),
+            upstream.map(|u| (Side::Upstream, u, Some(clients[0].clone()))),
+        ];
+        for (side, (handle, events), other) in sides.into_iter().flatten() {
+            let rules: Vec<Forward> = config
+                .forward
+                .iter()
+                .filter(|r| r.from == side)
+                .cloned()
+                .collect();
+            tasks.push(tokio::spawn(serve_client(
+                prefix.clone(),
+                handle,
+                events,
+                other,
+                rules,
+                std::sync::Arc::clone(&routes),
+            )));
+        }
         Ok(Gateway {
             broker,
-            client,
+            clients,
             prefix,
             tasks,
         })
@@ -154,46 +157,144 @@ impl Gateway {
         for task in &self.tasks {
             task.abort();
         }
-        if let Ok(availability) = topic(&format!("{}/availability", self.prefix)) {
-            let offline = message(availability, "offline", QoS::AtLeastOnce, true);
-            if let Ok(delivery) = self.client.enqueue(offline).await {
-                let _ = tokio::time::timeout(Duration::from_secs(2), delivery.delivered()).await;
+        for client in &self.clients {
+            if let Ok(availability) = topic(&format!("{}/availability", self.prefix)) {
+                let offline = message(availability, "offline", QoS::AtLeastOnce, true);
+                if let Ok(delivery) = client.enqueue(offline).await {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), delivery.delivered()).await;
+                }
             }
+            client.disconnect().await;
         }
-        self.client.disconnect().await;
         if let Some(broker) = self.broker {
             broker.shutdown().await;
         }
     }
 }
 
-fn connect(
-    config: &Config,
-    addr: SocketAddr,
-    prefix: &str,
-) -> Result<(Handle, client::Events), AppError> {
-    let id = MqttString::try_from(format!("{}-gateway", config.gateway.id).as_str())
-        .map_err(|e| AppError::Client(e.to_string()))?;
-    let mut session = ClientConfig::new(ProtocolVersion::V5, id);
-    session.keep_alive = 30;
-    session.will = Some(Will {
+fn will(prefix: &str) -> Result<Will, AppError> {
+    Ok(Will {
         topic: topic(&format!("{prefix}/availability"))?,
         payload: Bytes::from_static(b"offline"),
         qos: QoS::AtLeastOnce,
         retain: true,
         properties: WillProperties::default(),
-    });
+    })
+}
+
+fn client_id(id: &str) -> Result<MqttString, AppError> {
+    MqttString::try_from(id).map_err(|e| AppError::Client(e.to_string()))
+}
+
+/// The client on the local broker (plain TCP on loopback).
+fn connect_local(
+    config: &Config,
+    addr: SocketAddr,
+    prefix: &str,
+) -> Result<(Handle, client::Events), AppError> {
+    let id = client_id(&format!("{}-gateway", config.gateway.id))?;
+    let mut session = ClientConfig::new(ProtocolVersion::V5, id);
+    session.keep_alive = 30;
+    session.will = Some(will(prefix)?);
     let options = ClientOptions::new(addr.ip().to_string(), addr.port(), session);
     client::spawn(options).map_err(|e| AppError::Client(e.to_string()))
 }
 
-/// `<prefix>/<device>/<point>/set` -> the device's task; anything else is ignored.
-async fn route_command(
+/// The client on the upstream broker, with its will saying `offline` there too.
+fn connect_upstream(
+    config: &Config,
+    upstream: &Upstream,
+    prefix: &str,
+) -> Result<(Handle, client::Events), AppError> {
+    let id = upstream
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("fieldgate-{}", config.gateway.id));
+    let mut session = ClientConfig::new(upstream.protocol, client_id(&id)?);
+    session.keep_alive = u16::try_from(upstream.keep_alive.as_secs()).unwrap_or(u16::MAX);
+    session.username = match &upstream.username {
+        Some(u) => Some(client_id(u)?),
+        None => None,
+    };
+    session.password = upstream.password.clone().map(Bytes::from);
+    session.will = Some(will(prefix)?);
+    let mut options = ClientOptions::new(upstream.host.clone(), upstream.port, session);
+    options.tls = upstream.tls.clone();
+    client::spawn(options).map_err(|e| AppError::Client(e.to_string()))
+}
+
+/// One broker's client events: on (re)connect, availability and subscriptions; then
+/// `set` commands to their devices and messages matching forwarding rules to the other
+/// broker.
+async fn serve_client(
+    prefix: String,
+    handle: Handle,
+    mut events: client::Events,
+    other: Option<Handle>,
+    rules: Vec<Forward>,
+    routes: std::sync::Arc<HashMap<String, mpsc::Sender<DeviceCommand>>>,
+) {
+    let set_filter = format!("{prefix}/+/+/set");
+    let Ok(availability) = topic(&format!("{prefix}/availability")) else {
+        return;
+    };
+    while let Some(event) = events.recv().await {
+        match event {
+            ClientEvent::Connected { .. } => {
+                // Retained, so late subscribers know; the will says `offline`.
+                let online = message(availability.clone(), "online", QoS::AtLeastOnce, true);
+                let _ = handle.enqueue(online).await;
+                let mut subscriptions: Vec<Subscription> = Vec::new();
+                if let Ok(filter) = TopicFilter::try_from(set_filter.as_str()) {
+                    subscriptions.push(subscription(filter, QoS::AtLeastOnce));
+                }
+                subscriptions.extend(rules.iter().map(|r| subscription(r.filter.clone(), r.qos)));
+                let _ = handle.subscribe(subscriptions).await;
+            }
+            ClientEvent::Message(publish) => {
+                if route_command(&publish, &routes, &prefix, &handle) {
+                    continue;
+                }
+                let Some(other) = &other else { continue };
+                for rule in rules.iter().filter(|r| r.filter.matches(&publish.topic)) {
+                    let Ok(to) = topic(&rule.rewrite(publish.topic.as_str())) else {
+                        continue;
+                    };
+                    let copy = Publish {
+                        qos: publish.qos.min(rule.qos),
+                        topic: to,
+                        packet_id: None,
+                        dup: false,
+                        ..publish.clone()
+                    };
+                    let _ = other.enqueue(copy).await;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn subscription(filter: TopicFilter, qos: QoS) -> Subscription {
+    Subscription {
+        filter,
+        options: SubscriptionOptions {
+            qos,
+            // Our own telemetry and results must not come back to us.
+            no_local: true,
+            ..SubscriptionOptions::default()
+        },
+    }
+}
+
+/// `<prefix>/<device>/<point>/set` -> the device's task; false for any other topic.
+fn route_command(
     publish: &Publish,
     routes: &HashMap<String, mpsc::Sender<DeviceCommand>>,
-    set_filter: &str,
-) {
-    let prefix = set_filter.trim_end_matches("/+/+/set");
+    prefix: &str,
+    reply: &Handle,
+) -> bool {
     let Some(rest) = publish
         .topic
         .as_str()
@@ -201,37 +302,40 @@ async fn route_command(
         .and_then(|r| r.strip_prefix('/'))
         .and_then(|r| r.strip_suffix("/set"))
     else {
-        return;
+        return false;
     };
     let Some((device, point)) = rest.split_once('/') else {
-        return;
+        return false;
     };
     let Some(route) = routes.get(device) else {
-        return;
+        return false;
     };
     let command = DeviceCommand {
         point: point.to_string(),
         command: commands::parse(&publish.payload),
+        reply: reply.clone(),
     };
     // A full queue means the device is far behind: dropping this command is safer than
     // executing it late; the sender hears nothing and may retry.
     let _ = route.try_send(command);
+    true
 }
 
 /// Polls one device, publishes its readings, executes its commands.
 async fn run_device(
     device: Device,
     prefix: String,
-    client: Handle,
+    clients: Vec<Handle>,
     mut commands_rx: mpsc::Receiver<DeviceCommand>,
 ) {
     let mut sim = SimDevice::new(&device);
     let started = Instant::now();
     let base = format!("{prefix}/{}", device.id);
     if let Ok(availability) = topic(&format!("{base}/availability")) {
-        let _ = client
-            .enqueue(message(availability, "online", QoS::AtLeastOnce, true))
-            .await;
+        for client in &clients {
+            let online = message(availability.clone(), "online", QoS::AtLeastOnce, true);
+            let _ = client.enqueue(online).await;
+        }
     }
     let mut ticks = tokio::time::interval(device.poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -239,7 +343,7 @@ async fn run_device(
         tokio::select! {
             _ = ticks.tick() => {
                 for (point, value) in sim.read(started.elapsed()) {
-                    publish_reading(&client, &base, &sim, &point, value).await;
+                    publish_reading(&clients, &base, &sim, &point, value).await;
                 }
             }
             Some(cmd) = commands_rx.recv() => {
@@ -249,19 +353,25 @@ async fn run_device(
                 };
                 if let Ok(value) = outcome {
                     // The new state goes out at once, not at the next poll.
-                    publish_reading(&client, &base, &sim, &cmd.point, value).await;
+                    publish_reading(&clients, &base, &sim, &cmd.point, value).await;
                 }
                 let id = cmd.command.as_ref().ok().and_then(|c| c.id.as_ref());
                 let result = commands::result(id, outcome);
                 if let Ok(result_topic) = topic(&format!("{base}/{}/set/result", cmd.point)) {
-                    let _ = client.enqueue(message(result_topic, result, QoS::AtLeastOnce, false)).await;
+                    let _ = cmd.reply.enqueue(message(result_topic, result, QoS::AtLeastOnce, false)).await;
                 }
             }
         }
     }
 }
 
-async fn publish_reading(client: &Handle, base: &str, sim: &SimDevice, point: &str, value: Value) {
+async fn publish_reading(
+    clients: &[Handle],
+    base: &str,
+    sim: &SimDevice,
+    point: &str,
+    value: Value,
+) {
     let Some(config) = sim.point(point) else {
         return;
     };
@@ -274,7 +384,17 @@ async fn publish_reading(client: &Handle, base: &str, sim: &SimDevice, point: &s
         Quality::Good,
         SystemTime::now(),
     );
-    let _ = client
-        .enqueue(message(point_topic, payload, config.qos, config.retain))
-        .await;
+    let payload = Bytes::from(payload);
+    // Telemetry goes to both brokers. (Upstream goes through the offline queue once the
+    // spool exists; until then, while upstream is down, messages wait in the client's
+    // bounded queue.)
+    for client in clients {
+        let reading = message(
+            point_topic.clone(),
+            payload.clone(),
+            config.qos,
+            config.retain,
+        );
+        let _ = client.enqueue(reading).await;
+    }
 }

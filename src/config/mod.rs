@@ -28,7 +28,55 @@ pub struct Config {
     pub gateway: Gateway,
     /// `None` when the file has no `broker:` section (no local broker).
     pub broker: Option<BrokerConfig>,
+    /// The cloud or plant broker telemetry also goes to, and commands also come from.
+    pub upstream: Option<Upstream>,
+    pub forward: Vec<Forward>,
     pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub protocol: crate::mqtt::packet::ProtocolVersion,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keep_alive: Duration,
+    /// `Some` for `mqtts://`.
+    pub tls: Option<crate::mqtt::client::TlsOptions>,
+}
+
+/// Which broker a forwarding rule takes messages from (it publishes them to the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Local,
+    Upstream,
+}
+
+/// Copies messages matching `filter` from one broker to the other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    pub from: Side,
+    pub filter: crate::mqtt::topic::TopicFilter,
+    /// Topic rewrite: the leading `strip` is removed, then `prefix` put in front.
+    pub strip: Option<String>,
+    pub prefix: Option<String>,
+    pub qos: crate::mqtt::packet::QoS,
+}
+
+impl Forward {
+    /// The topic a forwarded message gets.
+    pub fn rewrite(&self, topic: &str) -> String {
+        let rest = match &self.strip {
+            Some(strip) => topic.strip_prefix(strip.as_str()).unwrap_or(topic),
+            None => topic,
+        };
+        match &self.prefix {
+            Some(prefix) => format!("{prefix}{rest}"),
+            None => rest.to_string(),
+        }
+    }
 }
 
 /// A device and the points it reads or writes.
@@ -160,10 +208,14 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|b| check.broker(b, &gateway.state_dir));
     let devices = check.devices(&raw.devices);
+    let upstream = raw.upstream.as_ref().map(|u| check.upstream(u));
+    let forward = check.forward(&raw.forward, upstream.is_some(), broker.is_some());
     if check.problems.is_empty() {
         Ok(Config {
             gateway,
             broker,
+            upstream,
+            forward,
             devices,
         })
     } else {
@@ -402,6 +454,152 @@ impl Checker {
         };
         self.limits(&raw.limits, &mut config);
         config
+    }
+
+    fn upstream(&mut self, raw: &raw::RawUpstream) -> Upstream {
+        let line = Some(raw.url.referenced.line());
+        let (tls, rest) = match raw.url.value.split_once("://") {
+            Some(("mqtt", rest)) => (false, rest),
+            Some(("mqtts", rest)) => (true, rest),
+            _ => {
+                self.problem(
+                    "upstream.url",
+                    line,
+                    format!(
+                        "{:?} must be mqtt://host:port or mqtts://host:port",
+                        raw.url.value
+                    ),
+                );
+                (false, "")
+            }
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) => (host.to_string(), port),
+                Err(_) => {
+                    self.problem("upstream.url", line, format!("{port:?} is not a port"));
+                    (host.to_string(), 1883)
+                }
+            },
+            None => (rest.to_string(), if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() && !rest.is_empty() {
+            self.problem("upstream.url", line, "no host");
+        }
+        let protocol = match raw.protocol.as_ref().map(|p| p.value.as_str()) {
+            None | Some("5") | Some("5.0") => crate::mqtt::packet::ProtocolVersion::V5,
+            Some("3.1.1") | Some("311") => crate::mqtt::packet::ProtocolVersion::V311,
+            Some(other) => {
+                self.problem(
+                    "upstream.protocol",
+                    raw.protocol.as_ref().map(|p| p.referenced.line()),
+                    format!("{other:?} is not 5 or 3.1.1"),
+                );
+                crate::mqtt::packet::ProtocolVersion::V5
+            }
+        };
+        let password = match (&raw.password, &raw.password_file) {
+            (Some(_), Some(f)) => {
+                self.problem(
+                    "upstream.password_file",
+                    Some(f.referenced.line()),
+                    "give password or password_file, not both",
+                );
+                None
+            }
+            (Some(p), None) => Some(p.value.clone()),
+            // A secret from a file (systemd LoadCredential=): its first line.
+            (None, Some(f)) => match std::fs::read_to_string(self.path(f)) {
+                Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
+                Err(e) => {
+                    self.problem(
+                        "upstream.password_file",
+                        Some(f.referenced.line()),
+                        format!("{}: {e}", self.path(f).display()),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let keep_alive = self.duration(
+            "upstream.keep_alive",
+            &raw.keep_alive,
+            Duration::from_secs(30),
+        );
+        let tls = tls.then(|| {
+            let files = raw.tls.as_ref();
+            crate::mqtt::client::TlsOptions {
+                ca_file: files.and_then(|t| t.ca_file.as_ref()).map(|f| self.path(f)),
+                system_roots: files.and_then(|t| t.ca_file.as_ref()).is_none(),
+                client_cert: files.and_then(|t| match (&t.cert_file, &t.key_file) {
+                    (Some(c), Some(k)) => Some((self.path(c), self.path(k))),
+                    _ => None,
+                }),
+                skip_hostname_check: false,
+            }
+        });
+        if tls.is_none() && raw.tls.is_some() {
+            self.problem("upstream.tls", line, "TLS settings need an mqtts:// url");
+        }
+        Upstream {
+            host,
+            port,
+            protocol,
+            client_id: raw.client_id.as_ref().map(|c| c.value.clone()),
+            username: raw.username.as_ref().map(|u| u.value.clone()),
+            password,
+            keep_alive,
+            tls,
+        }
+    }
+
+    fn forward(&mut self, raw: &[raw::RawForward], upstream: bool, local: bool) -> Vec<Forward> {
+        let mut rules = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let path = format!("forward[{i}]");
+            let line = Some(r.from.referenced.line());
+            let from = match r.from.value.as_str() {
+                "local" => Side::Local,
+                "upstream" => Side::Upstream,
+                other => {
+                    self.problem(
+                        &format!("{path}.from"),
+                        line,
+                        format!("{other:?} is not local or upstream"),
+                    );
+                    continue;
+                }
+            };
+            if !(upstream && local) {
+                self.problem(
+                    &path,
+                    line,
+                    "forwarding needs both a broker and an upstream section",
+                );
+            }
+            let filter = match crate::mqtt::topic::TopicFilter::try_from(r.filter.value.as_str()) {
+                Ok(filter) => filter,
+                Err(e) => {
+                    self.problem(
+                        &format!("{path}.filter"),
+                        Some(r.filter.referenced.line()),
+                        e.to_string(),
+                    );
+                    continue;
+                }
+            };
+            let qos = self.number(&format!("{path}.qos"), &r.qos, 0..=2, 1);
+            rules.push(Forward {
+                from,
+                filter,
+                strip: r.strip.as_ref().map(|s| s.value.clone()),
+                prefix: r.prefix.as_ref().map(|p| p.value.clone()),
+                qos: crate::mqtt::packet::QoS::from_u8(qos as u8).unwrap_or_default(),
+            });
+        }
+        rules
     }
 
     /// A name used as a topic level: not empty, no `/`, `+`, `#`.
@@ -672,6 +870,47 @@ mod tests {
                 .iter()
                 .any(|p| p.starts_with("broker.limits.connect_timeout"))
         );
+    }
+
+    #[test]
+    fn upstream_and_forward_mistakes_are_reported_together() {
+        let found = problems(
+            "upstream:\n  url: http://cloud:1883\n  protocol: 4\nforward:\n  - from: sideways\n    filter: a/#\n  - from: local\n    filter: a/#/b\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("upstream.url") && p.ends_with("(line 2)")),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("upstream.protocol")),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("forward[0].from")),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("forward[1].filter")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn a_forward_rule_rewrites_topics_by_strip_and_prefix() {
+        let config = parse(
+            "broker:\n  listeners:\n    - bind: 127.0.0.1:1883\nupstream:\n  url: mqtts://cloud.example\nforward:\n  - from: upstream\n    filter: cmd/#\n    strip: cmd/\n    prefix: site/\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let upstream = config.upstream.unwrap();
+        assert_eq!(
+            (upstream.host.as_str(), upstream.port),
+            ("cloud.example", 8883)
+        );
+        assert!(upstream.tls.is_some_and(|t| t.system_roots));
+        assert_eq!(config.forward[0].rewrite("cmd/valve/1"), "site/valve/1");
     }
 
     #[test]

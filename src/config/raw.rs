@@ -14,8 +14,46 @@ pub struct RawConfig {
     #[serde(default)]
     pub gateway: RawGateway,
     pub broker: Option<RawBroker>,
+    pub upstream: Option<RawUpstream>,
+    #[serde(default)]
+    pub forward: Vec<RawForward>,
     #[serde(default)]
     pub devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: Text,
+    /// `5` or `3.1.1`.
+    pub protocol: Option<Text>,
+    pub client_id: Option<Text>,
+    pub username: Option<Text>,
+    pub password: Option<Text>,
+    pub password_file: Option<Text>,
+    pub keep_alive: Option<Text>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<Text>,
+    pub cert_file: Option<Text>,
+    pub key_file: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    /// `local` or `upstream`: where messages are taken from.
+    pub from: Text,
+    pub filter: Text,
+    /// Replaces the topic's leading `strip` part (or prepends, when `strip` is absent).
+    pub strip: Option<Text>,
+    pub prefix: Option<Text>,
+    pub qos: Option<Number>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -197,7 +197,7 @@ fn the_gateway_publishes_telemetry_and_availability_and_executes_set_commands() 
 }
 
 #[test]
-fn check_config_lists_every_mistake_with_its_line() {
+fn check_config_lists_every_mistake_with_its_line_and_accepts_the_examples() {
     let dir = TempDir::new("check-config");
     let file = dir.path().join("bad.yaml");
     std::fs::write(
@@ -224,6 +224,20 @@ fn check_config_lists_every_mistake_with_its_line() {
         err.contains("(line 3)") && err.contains("(line 10)"),
         "{err}"
     );
+    // Every shipped example is valid.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).expect("config/examples") {
+        let path = entry.unwrap().path();
+        let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{}: {out:?}", path.display());
+        checked += 1;
+    }
+    assert!(checked > 0, "no examples found");
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, fieldgate::config::DEFAULT).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
@@ -232,4 +246,104 @@ fn check_config_lists_every_mistake_with_its_line() {
         .output()
         .expect("runs");
     assert!(out.status.success(), "{out:?}");
+}
+
+/// Polls `mosquitto_sub` on `port` for the first message on `filter` while `poke` keeps
+/// publishing (the subscriber cannot say when it has subscribed, and these messages are
+/// not retained).
+fn first_while(port: &str, filter: &str, mut poke: impl FnMut()) -> String {
+    let mut child = Command::new("mosquitto_sub")
+        .args(["-p", port, "-v", "-C", "1", "-W", "15", "-t", filter])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        poke();
+        if child.try_wait().expect("poll").is_some() || std::time::Instant::now() > deadline {
+            let out = wait_child_output(child, Duration::from_secs(5));
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn telemetry_and_commands_work_through_an_upstream_mosquitto_and_forward_rules_copy_both_ways() {
+    if !require_peer("mosquitto") {
+        return;
+    }
+    let upstream = crate::support::Mosquitto::start();
+    let up = upstream.port().to_string();
+    let dir = TempDir::new("gateway-upstream");
+    let file = dir.path().join("fieldgate.yaml");
+    let config = CONFIG.replace("id: gw1", "id: gw2").replace(
+        "devices:",
+        &format!(
+            "upstream:\n  url: mqtt://127.0.0.1:{up}\n  protocol: 3.1.1\nforward:\n  - from: local\n    filter: sensors/#\n    prefix: site1/\n  - from: upstream\n    filter: downlink/#\n    strip: downlink/\n    prefix: from-cloud/\ndevices:"
+        ),
+    );
+    std::fs::write(&file, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fieldgate run starts");
+    let line = BufReader::new(child.stderr.take().expect("piped"))
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("stderr");
+    let _gateway = Running(child);
+    let local = line.rsplit(':').next().expect("port").trim().to_string();
+
+    // Telemetry and availability reach the upstream mosquitto.
+    let got = receive(&up, &["fieldgate/gw2/availability"], 1);
+    assert_eq!(got, ["fieldgate/gw2/availability online"]);
+    let got = receive(&up, &["fieldgate/gw2/demo/temperature"], 1);
+    assert!(json(&got[0])["value"].is_number(), "{got:?}");
+
+    // A command from upstream: executed, answered upstream.
+    let result = first_while(&up, "fieldgate/gw2/demo/switch/set/result", || {
+        let out = run_program(
+            "mosquitto_pub",
+            &[
+                "-p",
+                &up,
+                "-q",
+                "1",
+                "-t",
+                "fieldgate/gw2/demo/switch/set",
+                "-m",
+                "on",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert!(
+        result.ends_with(r#"{"id":null,"ok":true,"value":true}"#),
+        "{result}"
+    );
+
+    // Forwarding: local sensors/# -> upstream site1/sensors/#; upstream downlink/# ->
+    // local from-cloud/#.
+    let forwarded = first_while(&up, "site1/#", || {
+        let out = run_program(
+            "mosquitto_pub",
+            &["-p", &local, "-t", "sensors/hall", "-m", "17"],
+        );
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert_eq!(forwarded, "site1/sensors/hall 17");
+    let forwarded = first_while(&local, "from-cloud/#", || {
+        let out = run_program(
+            "mosquitto_pub",
+            &["-p", &up, "-t", "downlink/valve", "-m", "close"],
+        );
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert_eq!(forwarded, "from-cloud/valve close");
 }

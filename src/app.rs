@@ -50,6 +50,9 @@ struct DeviceCommand {
     point: String,
     command: Result<commands::Command, commands::CommandError>,
     reply: Handle,
+    /// MQTT 5 request/response: the command's Response Topic and Correlation Data; the
+    /// result goes there too.
+    response: Option<(TopicName, Option<Bytes>)>,
 }
 
 /// A running gateway; [`Gateway::shutdown`] says `offline` and stops everything.
@@ -314,6 +317,11 @@ fn route_command(
         point: point.to_string(),
         command: commands::parse(&publish.payload),
         reply: reply.clone(),
+        response: publish
+            .properties
+            .response_topic
+            .clone()
+            .map(|t| (t, publish.properties.correlation_data.clone())),
     };
     // A full queue means the device is far behind: dropping this command is safer than
     // executing it late; the sender hears nothing and may retry.
@@ -357,6 +365,12 @@ async fn run_device(
                 }
                 let id = cmd.command.as_ref().ok().and_then(|c| c.id.as_ref());
                 let result = commands::result(id, outcome);
+                if let Some((response_topic, correlation_data)) = &cmd.response {
+                    let mut response =
+                        message(response_topic.clone(), result.clone(), QoS::AtLeastOnce, false);
+                    response.properties.correlation_data = correlation_data.clone();
+                    let _ = cmd.reply.enqueue(response).await;
+                }
                 if let Ok(result_topic) = topic(&format!("{base}/{}/set/result", cmd.point)) {
                     let _ = cmd.reply.enqueue(message(result_topic, result, QoS::AtLeastOnce, false)).await;
                 }

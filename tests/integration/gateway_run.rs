@@ -347,3 +347,49 @@ fn telemetry_and_commands_work_through_an_upstream_mosquitto_and_forward_rules_c
     });
     assert_eq!(forwarded, "from-cloud/valve close");
 }
+
+#[test]
+fn an_mqtt5_command_is_also_answered_on_its_response_topic_with_its_correlation_data() {
+    if !crate::support::require_peer("paho-mqtt") {
+        return;
+    }
+    let dir = TempDir::new("gateway-response");
+    let (_gateway, port) = start(&dir);
+    let script = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+port = int(sys.argv[1])
+got, subscribed = threading.Event(), threading.Event()
+answer = {}
+def on_message(c, u, m):
+    answer["payload"] = m.payload.decode()
+    answer["correlation"] = getattr(m.properties, "CorrelationData", b"").decode()
+    got.set()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="requester", protocol=mqtt.MQTTv5)
+c.on_message = on_message
+c.on_subscribe = lambda *a: subscribed.set()
+c.connect("127.0.0.1", port)
+c.loop_start()
+c.subscribe("replies/requester", qos=1)
+subscribed.wait(10)
+props = Properties(PacketTypes.PUBLISH)
+props.ResponseTopic = "replies/requester"
+props.CorrelationData = b"req-42"
+c.publish("fieldgate/gw1/demo/level/set", b"42", qos=1, properties=props)
+ok = got.wait(10)
+c.disconnect(); c.loop_stop()
+print("payload=" + answer.get("payload", ""))
+print("correlation=" + answer.get("correlation", ""))
+sys.exit(0 if ok else 1)
+"#;
+    let out = crate::support::run_python(script, &[&port]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains(r#"payload={"id":null,"ok":true,"value":42}"#),
+        "{text}"
+    );
+    assert!(text.contains("correlation=req-42"), "{text}");
+}

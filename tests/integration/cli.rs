@@ -59,10 +59,23 @@ fn decode_refuses_an_incomplete_packet_and_bad_hex() {
 }
 
 #[test]
-fn run_says_plainly_that_the_runtime_is_not_built_yet() {
-    let out = fieldgate(&["run"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+fn run_refuses_a_missing_or_broken_configuration_with_exit_1_and_explains_its_flags() {
+    let out = fieldgate(&["run", "-c", "/nonexistent/fieldgate.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("/nonexistent/fieldgate.yaml"),
+        "{}",
+        stderr(&out)
+    );
+    let out = fieldgate(&["run", "--bogus"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--bogus"), "{}", stderr(&out));
+    let out = fieldgate(&["run", "--help"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("fieldgate sub -t 'fieldgate/#' -v"));
+    let out = fieldgate(&["print-default-config"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), fieldgate::config::DEFAULT);
 }
 
 #[test]

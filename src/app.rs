@@ -345,22 +345,28 @@ async fn run_device(
             let _ = client.enqueue(online).await;
         }
     }
+    let mut reports = Reports::default();
     let mut ticks = tokio::time::interval(device.poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {
+                let now = Instant::now();
                 for (point, value) in sim.read(started.elapsed()) {
-                    publish_reading(&clients, &base, &sim, &point, value).await;
+                    if reports.due(&sim, &point, value, now) {
+                        publish_reading(&clients, &base, &sim, &point, value).await;
+                    }
                 }
             }
             Some(cmd) = commands_rx.recv() => {
                 let outcome = match &cmd.command {
-                    Ok(command) => sim.write(&cmd.point, command.value).map_err(|e| e.to_string()),
+                    Ok(command) => too_old(&sim, &cmd.point, command)
+                        .map_or_else(|| sim.write(&cmd.point, command.value).map_err(|e| e.to_string()), Err),
                     Err(e) => Err(e.to_string()),
                 };
                 if let Ok(value) = outcome {
                     // The new state goes out at once, not at the next poll.
+                    reports.sent(&cmd.point, value, Instant::now());
                     publish_reading(&clients, &base, &sim, &cmd.point, value).await;
                 }
                 let id = cmd.command.as_ref().ok().and_then(|c| c.id.as_ref());
@@ -379,6 +385,58 @@ async fn run_device(
     }
 }
 
+/// A command older than its point's `max_age` (by its `ts`) is refused, never executed.
+fn too_old(sim: &SimDevice, point: &str, command: &commands::Command) -> Option<String> {
+    let max_age = sim.point(point)?.max_age?;
+    let age = SystemTime::now()
+        .duration_since(command.issued?)
+        .unwrap_or_default();
+    (age > max_age).then(|| {
+        format!(
+            "the command is {:.1}s old, older than max_age {:.1}s",
+            age.as_secs_f64(),
+            max_age.as_secs_f64()
+        )
+    })
+}
+
+/// What was last published per point, for report-on-change (`deadband`) and
+/// `heartbeat`. Points with neither are published at every poll.
+#[derive(Debug, Default)]
+struct Reports {
+    last: HashMap<String, (Value, Instant)>,
+}
+
+impl Reports {
+    /// True if `value` should be published now; records it if so.
+    fn due(&mut self, sim: &SimDevice, point: &str, value: Value, now: Instant) -> bool {
+        let Some(config) = sim.point(point) else {
+            return false;
+        };
+        let due = match (config.deadband, self.last.get(point)) {
+            (None, _) | (_, None) => true,
+            (Some(deadband), Some((last, at))) => {
+                let moved = match (value, *last) {
+                    (Value::Number(v), Value::Number(l)) => (v - l).abs() > deadband,
+                    (v, l) => v != l,
+                };
+                moved
+                    || config
+                        .heartbeat
+                        .is_some_and(|h| now.duration_since(*at) >= h)
+            }
+        };
+        if due {
+            self.sent(point, value, now);
+        }
+        due
+    }
+
+    fn sent(&mut self, point: &str, value: Value, now: Instant) {
+        self.last.insert(point.to_string(), (value, now));
+    }
+}
+
 async fn publish_reading(
     clients: &[Handle],
     base: &str,
@@ -392,12 +450,16 @@ async fn publish_reading(
     let Ok(point_topic) = topic(&format!("{base}/{point}")) else {
         return;
     };
-    let payload = telemetry::payload(
-        value,
-        config.unit.as_deref(),
-        Quality::Good,
-        SystemTime::now(),
-    );
+    let payload = if config.raw_payload {
+        value.to_string()
+    } else {
+        telemetry::payload(
+            value,
+            config.unit.as_deref(),
+            Quality::Good,
+            SystemTime::now(),
+        )
+    };
     let payload = Bytes::from(payload);
     // Telemetry goes to both brokers. (Upstream goes through the offline queue once the
     // spool exists; until then, while upstream is down, messages wait in the client's
@@ -410,5 +472,75 @@ async fn publish_reading(
             config.retain,
         );
         let _ = client.enqueue(reading).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn device(yaml_points: &str) -> SimDevice {
+        let yaml = format!("devices:\n  - id: d\n    source: sim\n    points:\n{yaml_points}");
+        let config = crate::config::parse(&yaml, Path::new(".")).unwrap();
+        SimDevice::new(&config.devices[0])
+    }
+
+    #[test]
+    fn report_on_change_waits_for_the_deadband_or_the_heartbeat() {
+        let sim = device(
+            "      - id: level\n        sim: constant\n        deadband: 0.5\n        heartbeat: 10s\n      - id: plain\n        sim: constant\n",
+        );
+        let mut reports = Reports::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(
+            reports.due(&sim, "level", Value::Number(1.0), at(0)),
+            "first reading"
+        );
+        assert!(
+            !reports.due(&sim, "level", Value::Number(1.4), at(1)),
+            "within the deadband"
+        );
+        assert!(
+            reports.due(&sim, "level", Value::Number(1.6), at(2)),
+            "moved by more"
+        );
+        assert!(
+            !reports.due(&sim, "level", Value::Number(1.6), at(11)),
+            "heartbeat not yet"
+        );
+        assert!(
+            reports.due(&sim, "level", Value::Number(1.6), at(12)),
+            "heartbeat"
+        );
+        assert!(reports.due(&sim, "plain", Value::Number(0.0), at(0)));
+        assert!(
+            reports.due(&sim, "plain", Value::Number(0.0), at(0)),
+            "no deadband: always"
+        );
+    }
+
+    #[test]
+    fn a_command_older_than_max_age_is_refused() {
+        let sim = device(
+            "      - id: level\n        sim: constant\n        writable: true\n        max_age: 5s\n",
+        );
+        let command = |age: u64| commands::Command {
+            value: Value::Number(1.0),
+            id: None,
+            issued: Some(SystemTime::now() - Duration::from_secs(age)),
+        };
+        assert_eq!(too_old(&sim, "level", &command(1)), None);
+        assert!(too_old(&sim, "level", &command(60)).is_some_and(|e| e.contains("max_age")));
+        let undated = commands::Command {
+            issued: None,
+            ..command(0)
+        };
+        assert_eq!(
+            too_old(&sim, "level", &undated),
+            None,
+            "no ts: nothing to judge by"
+        );
     }
 }

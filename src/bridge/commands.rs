@@ -11,6 +11,8 @@ pub struct Command {
     pub value: Value,
     /// The caller's id, echoed in the result.
     pub id: Option<serde_json::Value>,
+    /// When it was issued (a JSON command's `ts`), for the point's `max_age`.
+    pub issued: Option<std::time::SystemTime>,
 }
 
 /// Why a payload is not a command.
@@ -22,6 +24,8 @@ pub enum CommandError {
     NotAValue(String),
     #[error("JSON command without \"value\"")]
     NoValue,
+    #[error("\"ts\" {0:?} is not a UTC RFC 3339 time like 2026-11-22T08:00:00.123Z")]
+    BadTimestamp(String),
 }
 
 /// Parses a command payload.
@@ -34,13 +38,26 @@ pub fn parse(payload: &[u8]) -> Result<Command, CommandError> {
             serde_json::from_str(text).map_err(|_| CommandError::NotAValue(text.into()))?;
         let value = json.get("value").ok_or(CommandError::NoValue)?;
         let value = json_value(value).ok_or_else(|| CommandError::NotAValue(value.to_string()))?;
+        let issued = match json.get("ts") {
+            None => None,
+            Some(ts) => Some(
+                ts.as_str()
+                    .and_then(crate::bridge::telemetry::parse_rfc3339)
+                    .ok_or_else(|| CommandError::BadTimestamp(ts.to_string()))?,
+            ),
+        };
         return Ok(Command {
             value,
             id: json.get("id").cloned(),
+            issued,
         });
     }
     bare(text)
-        .map(|value| Command { value, id: None })
+        .map(|value| Command {
+            value,
+            id: None,
+            issued: None,
+        })
         .ok_or_else(|| CommandError::NotAValue(text.into()))
 }
 

@@ -108,6 +108,14 @@ pub struct Point {
     pub writable: bool,
     pub qos: crate::mqtt::packet::QoS,
     pub retain: bool,
+    /// Report on change: publish only when the value moved by more than this.
+    pub deadband: Option<f64>,
+    /// With `deadband`: republish an unchanged value at least this often.
+    pub heartbeat: Option<Duration>,
+    /// Commands older than this (their JSON `ts`) are refused, never executed.
+    pub max_age: Option<Duration>,
+    /// Publish the bare value instead of the JSON object.
+    pub raw_payload: bool,
 }
 
 /// A simulated point's behaviour.
@@ -712,6 +720,42 @@ impl Checker {
                     );
                 }
                 let qos = self.number(&format!("{ppath}.qos"), &p.qos, 0..=2, 0);
+                let deadband = p.deadband.as_ref().map(|d| d.value);
+                if let Some(d) = &p.deadband
+                    && (d.value.is_nan() || d.value < 0.0)
+                {
+                    self.problem(
+                        &format!("{ppath}.deadband"),
+                        Some(d.referenced.line()),
+                        format!("{} must be 0 or more", d.value),
+                    );
+                }
+                let heartbeat = p.heartbeat.as_ref().map(|_| {
+                    self.duration(
+                        &format!("{ppath}.heartbeat"),
+                        &p.heartbeat,
+                        Duration::from_secs(60),
+                    )
+                });
+                let max_age = p.max_age.as_ref().map(|_| {
+                    self.duration(
+                        &format!("{ppath}.max_age"),
+                        &p.max_age,
+                        Duration::from_secs(60),
+                    )
+                });
+                let raw_payload = match p.payload.as_ref().map(|t| (t.value.as_str(), t)) {
+                    None | Some(("json", _)) => false,
+                    Some(("raw", _)) => true,
+                    Some((other, t)) => {
+                        self.problem(
+                            &format!("{ppath}.payload"),
+                            Some(t.referenced.line()),
+                            format!("{other:?} is not json or raw"),
+                        );
+                        false
+                    }
+                };
                 points.push(Point {
                     id: p.id.value.clone(),
                     sim,
@@ -721,6 +765,10 @@ impl Checker {
                     writable: p.writable,
                     qos: crate::mqtt::packet::QoS::from_u8(qos as u8).unwrap_or_default(),
                     retain: p.retain,
+                    deadband,
+                    heartbeat,
+                    max_age,
+                    raw_payload,
                 });
             }
             devices.push(Device {

@@ -83,6 +83,14 @@ pub struct RawPoint {
     pub qos: Option<Number>,
     #[serde(default)]
     pub retain: bool,
+    /// Publish only when the value moved by more than this (absolute).
+    pub deadband: Option<Spanned<f64>>,
+    /// Republish an unchanged value this often.
+    pub heartbeat: Option<Text>,
+    /// Refuse commands older than this (by the `ts` of a JSON command).
+    pub max_age: Option<Text>,
+    /// `json` (default) or `raw` (the bare value).
+    pub payload: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::bridge::{commands, telemetry};
+use crate::bridge::{commands, discovery, telemetry};
 use crate::config::{Config, Device, Forward, Side, Upstream};
 use crate::devices::sim::SimDevice;
 use crate::devices::{Quality, Value};
@@ -121,6 +121,14 @@ impl Gateway {
             )));
         }
         let routes = std::sync::Arc::new(routes);
+        let discovery = config.discovery_prefix.as_ref().map(|discovery_prefix| {
+            let messages: Vec<discovery::Discovery> = config
+                .devices
+                .iter()
+                .flat_map(|d| discovery::messages(discovery_prefix, &config.gateway.id, &prefix, d))
+                .collect();
+            std::sync::Arc::new((format!("{discovery_prefix}/status"), messages))
+        });
         let upstream_handle = upstream.as_ref().map(|(h, _)| h.clone());
         let sides = [
             Some((Side::Local, local, upstream_handle)),
@@ -140,6 +148,7 @@ impl Gateway {
                 other,
                 rules,
                 std::sync::Arc::clone(&routes),
+                discovery.clone(),
             )));
         }
         Ok(Gateway {
@@ -237,6 +246,7 @@ async fn serve_client(
     other: Option<Handle>,
     rules: Vec<Forward>,
     routes: std::sync::Arc<HashMap<String, mpsc::Sender<DeviceCommand>>>,
+    discovery: Option<std::sync::Arc<(String, Vec<discovery::Discovery>)>>,
 ) {
     let set_filter = format!("{prefix}/+/+/set");
     let Ok(availability) = topic(&format!("{prefix}/availability")) else {
@@ -253,9 +263,24 @@ async fn serve_client(
                     subscriptions.push(subscription(filter, QoS::AtLeastOnce));
                 }
                 subscriptions.extend(rules.iter().map(|r| subscription(r.filter.clone(), r.qos)));
+                if let Some(discovery) = &discovery
+                    && let Ok(status) = TopicFilter::try_from(discovery.0.as_str())
+                {
+                    subscriptions.push(subscription(status, QoS::AtLeastOnce));
+                    announce(&handle, &discovery.1).await;
+                }
                 let _ = handle.subscribe(subscriptions).await;
             }
             ClientEvent::Message(publish) => {
+                // Home Assistant (re)started: it forgets what was discovered.
+                if let Some(discovery) = &discovery
+                    && publish.topic.as_str() == discovery.0
+                {
+                    if &publish.payload[..] == b"online" {
+                        announce(&handle, &discovery.1).await;
+                    }
+                    continue;
+                }
                 if route_command(&publish, &routes, &prefix, &handle) {
                     continue;
                 }
@@ -275,6 +300,17 @@ async fn serve_client(
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Publishes the Home Assistant discovery messages, retained.
+async fn announce(handle: &Handle, messages: &[discovery::Discovery]) {
+    for m in messages {
+        if let Ok(t) = topic(&m.topic) {
+            let _ = handle
+                .enqueue(message(t, m.payload.clone(), QoS::AtLeastOnce, true))
+                .await;
         }
     }
 }

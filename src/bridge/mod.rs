@@ -3,4 +3,5 @@
 //! messages.
 
 pub mod commands;
+pub mod discovery;
 pub mod telemetry;

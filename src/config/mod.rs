@@ -31,6 +31,8 @@ pub struct Config {
     /// The cloud or plant broker telemetry also goes to, and commands also come from.
     pub upstream: Option<Upstream>,
     pub forward: Vec<Forward>,
+    /// Home Assistant discovery prefix, when discovery is on.
+    pub discovery_prefix: Option<String>,
     pub devices: Vec<Device>,
 }
 
@@ -116,6 +118,8 @@ pub struct Point {
     pub max_age: Option<Duration>,
     /// Publish the bare value instead of the JSON object.
     pub raw_payload: bool,
+    /// Home Assistant device class, passed through to discovery.
+    pub device_class: Option<String>,
 }
 
 /// A simulated point's behaviour.
@@ -218,12 +222,18 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
     let devices = check.devices(&raw.devices);
     let upstream = raw.upstream.as_ref().map(|u| check.upstream(u));
     let forward = check.forward(&raw.forward, upstream.is_some(), broker.is_some());
+    let discovery_prefix = raw.homeassistant.as_ref().map(|ha| {
+        ha.discovery_prefix
+            .as_ref()
+            .map_or_else(|| "homeassistant".to_string(), |p| p.value.clone())
+    });
     if check.problems.is_empty() {
         Ok(Config {
             gateway,
             broker,
             upstream,
             forward,
+            discovery_prefix,
             devices,
         })
     } else {
@@ -769,6 +779,7 @@ impl Checker {
                     heartbeat,
                     max_age,
                     raw_payload,
+                    device_class: p.device_class.as_ref().map(|c| c.value.clone()),
                 });
             }
             devices.push(Device {

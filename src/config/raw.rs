@@ -17,8 +17,16 @@ pub struct RawConfig {
     pub upstream: Option<RawUpstream>,
     #[serde(default)]
     pub forward: Vec<RawForward>,
+    /// Home Assistant MQTT discovery (opt-in).
+    pub homeassistant: Option<RawHomeAssistant>,
     #[serde(default)]
     pub devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHomeAssistant {
+    pub discovery_prefix: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +99,8 @@ pub struct RawPoint {
     pub max_age: Option<Text>,
     /// `json` (default) or `raw` (the bare value).
     pub payload: Option<Text>,
+    /// Home Assistant's device class (`temperature`, `power`, ...), for discovery.
+    pub device_class: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -393,3 +393,64 @@ sys.exit(0 if ok else 1)
     );
     assert!(text.contains("correlation=req-42"), "{text}");
 }
+
+#[test]
+fn home_assistant_discovery_is_retained_and_republished_when_home_assistant_comes_online() {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-discovery");
+    let file = dir.path().join("fieldgate.yaml");
+    let config = CONFIG.replace("id: gw1", "id: gw3").replace(
+        "devices:",
+        "homeassistant:\n  discovery_prefix: ha\ndevices:",
+    );
+    std::fs::write(&file, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fieldgate run starts");
+    let line = BufReader::new(child.stderr.take().expect("piped"))
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("stderr");
+    let _gateway = Running(child);
+    let port = line.rsplit(':').next().expect("port").trim().to_string();
+    let topics = [
+        "ha/sensor/gw3_demo_temperature/config",
+        "ha/number/gw3_demo_level/config",
+        "ha/switch/gw3_demo_switch/config",
+    ];
+    let got = receive(&port, &["ha/+/+/config"], 3);
+    let mut seen: Vec<&str> = got.iter().map(|l| l.split_once(' ').unwrap().0).collect();
+    seen.sort();
+    let mut expected = topics.to_vec();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let switch = got
+        .iter()
+        .find(|l| l.starts_with("ha/switch/"))
+        .map(|l| json(l))
+        .unwrap();
+    assert_eq!(switch["command_topic"], "fieldgate/gw3/demo/switch/set");
+    // Home Assistant's broker lost them (deleted here); its `online` brings them back.
+    for t in topics {
+        let out = run_program("mosquitto_pub", &["-p", &port, "-r", "-n", "-t", t]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let again = first_while(&port, "ha/switch/+/config", || {
+        let out = run_program(
+            "mosquitto_pub",
+            &["-p", &port, "-t", "ha/status", "-m", "online"],
+        );
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert!(
+        again.starts_with("ha/switch/gw3_demo_switch/config {"),
+        "{again}"
+    );
+}

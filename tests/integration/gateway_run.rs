@@ -47,10 +47,16 @@ impl Drop for Running {
     }
 }
 
-/// Starts `fieldgate run -c FILE`; returns it and its broker's port.
+/// Starts `fieldgate run -c FILE` on [`CONFIG`]; returns it and its broker's port.
 fn start(dir: &TempDir) -> (Running, String) {
+    start_with(dir, CONFIG)
+}
+
+/// Starts `fieldgate run -c FILE` on `config`; returns it and its broker's port (from
+/// the `broker listening on ADDR` line it prints first).
+fn start_with(dir: &TempDir, config: &str) -> (Running, String) {
     let file = dir.path().join("fieldgate.yaml");
-    std::fs::write(&file, CONFIG).unwrap();
+    std::fs::write(&file, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
         .args(["run", "-c"])
         .arg(&file)
@@ -277,28 +283,13 @@ fn telemetry_and_commands_work_through_an_upstream_mosquitto_and_forward_rules_c
     let upstream = crate::support::Mosquitto::start();
     let up = upstream.port().to_string();
     let dir = TempDir::new("gateway-upstream");
-    let file = dir.path().join("fieldgate.yaml");
     let config = CONFIG.replace("id: gw1", "id: gw2").replace(
         "devices:",
         &format!(
             "upstream:\n  url: mqtt://127.0.0.1:{up}\n  protocol: 3.1.1\nforward:\n  - from: local\n    filter: sensors/#\n    prefix: site1/\n  - from: upstream\n    filter: downlink/#\n    strip: downlink/\n    prefix: from-cloud/\ndevices:"
         ),
     );
-    std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
-        .args(["run", "-c"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fieldgate run starts");
-    let line = BufReader::new(child.stderr.take().expect("piped"))
-        .lines()
-        .next()
-        .expect("a line")
-        .expect("stderr");
-    let _gateway = Running(child);
-    let local = line.rsplit(':').next().expect("port").trim().to_string();
+    let (_gateway, local) = start_with(&dir, &config);
 
     // Telemetry and availability reach the upstream mosquitto.
     let got = receive(&up, &["fieldgate/gw2/availability"], 1);
@@ -400,26 +391,11 @@ fn home_assistant_discovery_is_retained_and_republished_when_home_assistant_come
         return;
     }
     let dir = TempDir::new("gateway-discovery");
-    let file = dir.path().join("fieldgate.yaml");
     let config = CONFIG.replace("id: gw1", "id: gw3").replace(
         "devices:",
         "homeassistant:\n  discovery_prefix: ha\ndevices:",
     );
-    std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
-        .args(["run", "-c"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fieldgate run starts");
-    let line = BufReader::new(child.stderr.take().expect("piped"))
-        .lines()
-        .next()
-        .expect("a line")
-        .expect("stderr");
-    let _gateway = Running(child);
-    let port = line.rsplit(':').next().expect("port").trim().to_string();
+    let (_gateway, port) = start_with(&dir, &config);
     let topics = [
         "ha/sensor/gw3_demo_temperature/config",
         "ha/number/gw3_demo_level/config",

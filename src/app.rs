@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::bridge::{commands, discovery, telemetry};
-use crate::config::{Config, Device, Forward, Side, Upstream};
+use crate::config::{Config, Device, Forward, SerialPort, Side, Source, Upstream};
 use crate::devices::sim::SimDevice;
 use crate::devices::{Quality, Value};
 use crate::mqtt::broker::{Broker, BrokerError, Transport};
@@ -113,12 +113,22 @@ impl Gateway {
         for device in &config.devices {
             let (tx, rx) = mpsc::channel(64);
             routes.insert(device.id.clone(), tx);
-            tasks.push(tokio::spawn(run_device(
-                device.clone(),
-                prefix.clone(),
-                clients.clone(),
-                rx,
-            )));
+            let task = match &device.source {
+                Source::Sim => tokio::spawn(run_sim_device(
+                    device.clone(),
+                    prefix.clone(),
+                    clients.clone(),
+                    rx,
+                )),
+                Source::Serial(port) => tokio::spawn(run_serial_device(
+                    device.clone(),
+                    port.clone(),
+                    prefix.clone(),
+                    clients.clone(),
+                    rx,
+                )),
+            };
+            tasks.push(task);
         }
         let routes = std::sync::Arc::new(routes);
         let discovery = config.discovery_prefix.as_ref().map(|discovery_prefix| {
@@ -365,8 +375,8 @@ fn route_command(
     true
 }
 
-/// Polls one device, publishes its readings, executes its commands.
-async fn run_device(
+/// Polls a simulated device, publishes its readings, executes its commands.
+async fn run_sim_device(
     device: Device,
     prefix: String,
     clients: Vec<Handle>,
@@ -375,12 +385,7 @@ async fn run_device(
     let mut sim = SimDevice::new(&device);
     let started = Instant::now();
     let base = format!("{prefix}/{}", device.id);
-    if let Ok(availability) = topic(&format!("{base}/availability")) {
-        for client in &clients {
-            let online = message(availability.clone(), "online", QoS::AtLeastOnce, true);
-            let _ = client.enqueue(online).await;
-        }
-    }
+    availability(&clients, &base, "online").await;
     let mut reports = Reports::default();
     let mut ticks = tokio::time::interval(device.poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -405,25 +410,147 @@ async fn run_device(
                     reports.sent(&cmd.point, value, Instant::now());
                     publish_reading(&clients, &base, &sim, &cmd.point, value).await;
                 }
-                let id = cmd.command.as_ref().ok().and_then(|c| c.id.as_ref());
-                let result = commands::result(id, outcome);
-                if let Some((response_topic, correlation_data)) = &cmd.response {
-                    let mut response =
-                        message(response_topic.clone(), result.clone(), QoS::AtLeastOnce, false);
-                    response.properties.correlation_data = correlation_data.clone();
-                    let _ = cmd.reply.enqueue(response).await;
-                }
-                if let Ok(result_topic) = topic(&format!("{base}/{}/set/result", cmd.point)) {
-                    let _ = cmd.reply.enqueue(message(result_topic, result, QoS::AtLeastOnce, false)).await;
-                }
+                answer(&base, &cmd, outcome).await;
             }
         }
     }
 }
 
+/// Publishes a device's availability, retained, on every broker.
+async fn availability(clients: &[Handle], base: &str, state: &'static str) {
+    if let Ok(t) = topic(&format!("{base}/availability")) {
+        for client in clients {
+            let _ = client
+                .enqueue(message(t.clone(), state, QoS::AtLeastOnce, true))
+                .await;
+        }
+    }
+}
+
+/// Answers a command on the broker it came from (and its MQTT 5 Response Topic).
+async fn answer(base: &str, cmd: &DeviceCommand, outcome: Result<Value, String>) {
+    let id = cmd.command.as_ref().ok().and_then(|c| c.id.as_ref());
+    let result = commands::result(id, outcome);
+    if let Some((response_topic, correlation_data)) = &cmd.response {
+        let mut response = message(
+            response_topic.clone(),
+            result.clone(),
+            QoS::AtLeastOnce,
+            false,
+        );
+        response.properties.correlation_data = correlation_data.clone();
+        let _ = cmd.reply.enqueue(response).await;
+    }
+    if let Ok(result_topic) = topic(&format!("{base}/{}/set/result", cmd.point)) {
+        let _ = cmd
+            .reply
+            .enqueue(message(result_topic, result, QoS::AtLeastOnce, false))
+            .await;
+    }
+}
+
+/// Longest wait between attempts to open a serial port that is gone.
+const SERIAL_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A line-oriented serial sensor: opens the port (retrying with capped backoff while it
+/// is missing, e.g. a USB adapter unplugged), publishes what each line holds, writes
+/// commands as lines. Its availability follows the port.
+async fn run_serial_device(
+    device: Device,
+    port: SerialPort,
+    prefix: String,
+    clients: Vec<Handle>,
+    mut commands_rx: mpsc::Receiver<DeviceCommand>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use tokio_serial::SerialPortBuilderExt;
+    let base = format!("{prefix}/{}", device.id);
+    let mut reports = Reports::default();
+    let mut delay = Duration::from_millis(250);
+    availability(&clients, &base, "offline").await;
+    loop {
+        let path = port.path.to_string_lossy().into_owned();
+        match tokio_serial::new(path, port.baud).open_native_async() {
+            Ok(stream) => {
+                delay = Duration::from_millis(250);
+                availability(&clients, &base, "online").await;
+                let (reader, mut writer) = tokio::io::split(stream);
+                let mut lines = tokio::io::BufReader::new(reader).lines();
+                loop {
+                    tokio::select! {
+                        line = lines.next_line() => match line {
+                            Ok(Some(line)) => {
+                                let now = Instant::now();
+                                for (point, value) in crate::devices::serial::parse_frame(port.format, &line, &device.points) {
+                                    if reports.due(&device, &point, value, now) {
+                                        publish_reading(&clients, &base, &device, &point, value).await;
+                                    }
+                                }
+                            }
+                            // Closed or failed (unplugged): offline, then reopen.
+                            Ok(None) | Err(_) => break,
+                        },
+                        Some(cmd) = commands_rx.recv() => {
+                            let outcome = match &cmd.command {
+                                Err(e) => Err(e.to_string()),
+                                Ok(command) => match too_old(&device, &cmd.point, command) {
+                                    Some(old) => Err(old),
+                                    None => match Points::point(&device, &cmd.point) {
+                                        None => Err(crate::devices::WriteError::UnknownPoint(cmd.point.clone()).to_string()),
+                                        Some(point) => match crate::devices::serial::write_line(point, command.value) {
+                                            Err(e) => Err(e.to_string()),
+                                            Ok(line) => match writer.write_all(line.as_bytes()).await {
+                                                Ok(()) => Ok(command.value),
+                                                Err(e) => Err(format!("cannot write to the port: {e}")),
+                                            },
+                                        },
+                                    },
+                                },
+                            };
+                            answer(&base, &cmd, outcome).await;
+                        }
+                    }
+                }
+                availability(&clients, &base, "offline").await;
+            }
+            Err(_) => {
+                // Missing port: retried below; the availability topic already says so.
+            }
+        }
+        // Wait before reopening; commands meanwhile get a clear error, not silence.
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                Some(cmd) = commands_rx.recv() => {
+                    answer(&base, &cmd, Err("the device is offline (its port is not open)".into())).await;
+                }
+            }
+        }
+        delay = (delay * 2).min(SERIAL_RETRY_MAX);
+    }
+}
+
+/// Finds a point's configuration by id (a sim device, or a device's configuration).
+trait Points {
+    fn point(&self, id: &str) -> Option<&crate::config::Point>;
+}
+
+impl Points for SimDevice {
+    fn point(&self, id: &str) -> Option<&crate::config::Point> {
+        SimDevice::point(self, id)
+    }
+}
+
+impl Points for Device {
+    fn point(&self, id: &str) -> Option<&crate::config::Point> {
+        self.points.iter().find(|p| p.id == id)
+    }
+}
+
 /// A command older than its point's `max_age` (by its `ts`) is refused, never executed.
-fn too_old(sim: &SimDevice, point: &str, command: &commands::Command) -> Option<String> {
-    let max_age = sim.point(point)?.max_age?;
+fn too_old(points: &impl Points, point: &str, command: &commands::Command) -> Option<String> {
+    let max_age = points.point(point)?.max_age?;
     let age = SystemTime::now()
         .duration_since(command.issued?)
         .unwrap_or_default();
@@ -445,8 +572,8 @@ struct Reports {
 
 impl Reports {
     /// True if `value` should be published now; records it if so.
-    fn due(&mut self, sim: &SimDevice, point: &str, value: Value, now: Instant) -> bool {
-        let Some(config) = sim.point(point) else {
+    fn due(&mut self, points: &impl Points, point: &str, value: Value, now: Instant) -> bool {
+        let Some(config) = points.point(point) else {
             return false;
         };
         let due = match (config.deadband, self.last.get(point)) {
@@ -476,11 +603,11 @@ impl Reports {
 async fn publish_reading(
     clients: &[Handle],
     base: &str,
-    sim: &SimDevice,
+    points: &impl Points,
     point: &str,
     value: Value,
 ) {
-    let Some(config) = sim.point(point) else {
+    let Some(config) = points.point(point) else {
         return;
     };
     let Ok(point_topic) = topic(&format!("{base}/{point}")) else {

@@ -93,10 +93,29 @@ pub struct Device {
 }
 
 /// Where a device's values come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// Simulated values, for demos and end-to-end tests.
     Sim,
+    /// A line-oriented sensor on a serial port.
+    Serial(SerialPort),
+}
+
+/// A serial line: one frame per line, `\n`-terminated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialPort {
+    pub path: PathBuf,
+    pub baud: u32,
+    pub format: FrameFormat,
+}
+
+/// How a line is read into point values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFormat {
+    /// `{"temperature": 21.5, "door": true}`
+    Json,
+    /// `temperature=21.5 door=1` (spaces, commas or semicolons between pairs)
+    KeyValue,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +139,8 @@ pub struct Point {
     pub raw_payload: bool,
     /// Home Assistant device class, passed through to discovery.
     pub device_class: Option<String>,
+    /// Serial devices: the frame field holding this point.
+    pub key: String,
 }
 
 /// A simulated point's behaviour.
@@ -652,7 +673,36 @@ impl Checker {
             }
             let source = match d.source.value.as_str() {
                 "sim" => Source::Sim,
-                "serial" | "gpio" | "modbus" => {
+                "serial" => {
+                    let Some(port) = &d.port else {
+                        self.problem(
+                            &format!("{path}.port"),
+                            line,
+                            "a serial device needs `port: /dev/tty...`",
+                        );
+                        continue;
+                    };
+                    let baud =
+                        self.number(&format!("{path}.baud"), &d.baud, 50..=4_000_000, 9600) as u32;
+                    let format = match d.format.as_ref().map(|f| (f.value.as_str(), f)) {
+                        None | Some(("json", _)) => FrameFormat::Json,
+                        Some(("key_value", _)) => FrameFormat::KeyValue,
+                        Some((other, f)) => {
+                            self.problem(
+                                &format!("{path}.format"),
+                                Some(f.referenced.line()),
+                                format!("{other:?} is not json or key_value"),
+                            );
+                            FrameFormat::Json
+                        }
+                    };
+                    Source::Serial(SerialPort {
+                        path: PathBuf::from(&port.value),
+                        baud,
+                        format,
+                    })
+                }
+                "gpio" | "modbus" => {
                     self.problem(
                         &format!("{path}.source"),
                         Some(d.source.referenced.line()),
@@ -696,7 +746,16 @@ impl Checker {
                     &p.period,
                     Duration::from_secs(60),
                 );
-                let sim = match (source, p.sim.as_ref().map(|s| s.value.as_str())) {
+                let sim = match (&source, p.sim.as_ref().map(|s| s.value.as_str())) {
+                    (Source::Serial(_), None) => None,
+                    (Source::Serial(_), Some(_)) => {
+                        self.problem(
+                            &format!("{ppath}.sim"),
+                            pline,
+                            "only sim devices have `sim`",
+                        );
+                        None
+                    }
                     (Source::Sim, Some("sine")) if !period.is_zero() => {
                         Some(SimWave::Sine { period })
                     }
@@ -780,6 +839,10 @@ impl Checker {
                     max_age,
                     raw_payload,
                     device_class: p.device_class.as_ref().map(|c| c.value.clone()),
+                    key: p
+                        .key
+                        .as_ref()
+                        .map_or_else(|| p.id.value.clone(), |k| k.value.clone()),
                 });
             }
             devices.push(Device {

@@ -71,6 +71,11 @@ pub struct RawDevice {
     /// `sim` today; `serial`, `gpio` and Modbus buses come with their issues.
     pub source: Text,
     pub poll: Option<Text>,
+    /// Serial devices: the port (`/dev/ttyUSB0`), its speed, and the frame format.
+    pub port: Option<Text>,
+    pub baud: Option<Number>,
+    /// `json` (`{"temperature": 21.5}` per line) or `key_value` (`temperature=21.5 ...`).
+    pub format: Option<Text>,
     #[serde(default)]
     pub points: Vec<RawPoint>,
 }
@@ -101,6 +106,8 @@ pub struct RawPoint {
     pub payload: Option<Text>,
     /// Home Assistant's device class (`temperature`, `power`, ...), for discovery.
     pub device_class: Option<Text>,
+    /// Serial devices: the field of a frame that holds this point (default: its id).
+    pub key: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -430,3 +430,111 @@ fn home_assistant_discovery_is_retained_and_republished_when_home_assistant_come
         "{again}"
     );
 }
+
+/// A pty pair made by socat: the gateway opens `dev`, the test plays the sensor on
+/// `sensor`. Killed on drop.
+struct PtyPair {
+    child: Child,
+    dev: std::path::PathBuf,
+    sensor: std::path::PathBuf,
+}
+
+impl PtyPair {
+    fn start(dir: &TempDir) -> PtyPair {
+        let (dev, sensor) = (dir.path().join("dev"), dir.path().join("sensor"));
+        let _ = std::fs::remove_file(&dev);
+        let _ = std::fs::remove_file(&sensor);
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", dev.display()))
+            .arg(format!("pty,raw,echo=0,link={}", sensor.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat starts");
+        crate::support::wait_until(Duration::from_secs(10), "socat's ptys", || {
+            dev.exists() && sensor.exists()
+        });
+        PtyPair { child, dev, sensor }
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The retained payload of `topic`, polled until it equals `expected`.
+fn wait_retained(port: &str, topic: &str, expected: &str) {
+    crate::support::wait_until(
+        Duration::from_secs(15),
+        &format!("{topic} = {expected}"),
+        || {
+            let out = run_program(
+                "mosquitto_sub",
+                &["-p", port, "-t", topic, "-C", "1", "-W", "2"],
+            );
+            String::from_utf8_lossy(&out.stdout).trim() == expected
+        },
+    );
+}
+
+#[test]
+fn a_serial_sensor_on_a_pty_publishes_takes_writes_and_its_availability_follows_the_port() {
+    if !require_peer("socat") || !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-serial");
+    let pty = PtyPair::start(&dir);
+    let config = format!(
+        "gateway:\n  id: gw4\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\ndevices:\n  - id: meter\n    source: serial\n    port: {}\n    baud: 9600\n    format: key_value\n    points:\n      - id: temperature\n        key: t\n        unit: \"°C\"\n      - id: valve\n        writable: true\n        min: 0\n        max: 100\n",
+        pty.dev.display()
+    );
+    let (_gateway, port) = start_with(&dir, &config);
+    wait_retained(&port, "fieldgate/gw4/meter/availability", "online");
+
+    // The sensor speaks: its line becomes telemetry.
+    let mut sensor = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pty.sensor)
+        .expect("the sensor side of the pty");
+    let reading = first_while(&port, "fieldgate/gw4/meter/temperature", || {
+        use std::io::Write;
+        sensor.write_all(b"BOOT v1.0\nt=21.5 other=3\n").unwrap();
+    });
+    let value = json(&reading);
+    assert_eq!(value["value"], 21.5, "{reading}");
+    assert_eq!(value["unit"], "°C");
+
+    // A command becomes a line on the port.
+    let out = run_program(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-t",
+            "fieldgate/gw4/meter/valve/set",
+            "-m",
+            "40",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mut reader = BufReader::new(sensor.try_clone().unwrap());
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .expect("a line from the gateway");
+    assert_eq!(line, "valve=40\n");
+
+    // Unplugged: offline; plugged back: online again.
+    drop(reader);
+    drop(sensor);
+    drop(pty);
+    wait_retained(&port, "fieldgate/gw4/meter/availability", "offline");
+    let _pty = PtyPair::start(&dir);
+    wait_retained(&port, "fieldgate/gw4/meter/availability", "online");
+}

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::bridge::{commands, discovery, telemetry};
-use crate::config::{Config, Device, Forward, SerialPort, Side, Source, Upstream};
+use crate::config::{Config, Device, Forward, GpioChip, SerialPort, Side, Source, Upstream};
 use crate::devices::sim::SimDevice;
 use crate::devices::{Quality, Value};
 use crate::mqtt::broker::{Broker, BrokerError, Transport};
@@ -123,6 +123,13 @@ impl Gateway {
                 Source::Serial(port) => tokio::spawn(run_serial_device(
                     device.clone(),
                     port.clone(),
+                    prefix.clone(),
+                    clients.clone(),
+                    rx,
+                )),
+                Source::Gpio(chip) => tokio::spawn(run_gpio_device(
+                    device.clone(),
+                    chip.clone(),
                     prefix.clone(),
                     clients.clone(),
                     rx,
@@ -449,8 +456,9 @@ async fn answer(base: &str, cmd: &DeviceCommand, outcome: Result<Value, String>)
     }
 }
 
-/// Longest wait between attempts to open a serial port that is gone.
-const SERIAL_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest wait between attempts to open a device that is gone (a serial port
+/// unplugged, a GPIO chip missing).
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// A line-oriented serial sensor: opens the port (retrying with capped backoff while it
 /// is missing, e.g. a USB adapter unplugged), publishes what each line holds, writes
@@ -517,18 +525,128 @@ async fn run_serial_device(
                 // Missing port: retried below; the availability topic already says so.
             }
         }
-        // Wait before reopening; commands meanwhile get a clear error, not silence.
-        let until = tokio::time::Instant::now() + delay;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(until) => break,
-                Some(cmd) = commands_rx.recv() => {
-                    answer(&base, &cmd, Err("the device is offline (its port is not open)".into())).await;
-                }
+        wait_offline(&base, &mut commands_rx, delay, "its port is not open").await;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+/// Waits `delay` before a device is tried again; commands meanwhile get a clear error
+/// result, not silence.
+async fn wait_offline(
+    base: &str,
+    commands_rx: &mut mpsc::Receiver<DeviceCommand>,
+    delay: Duration,
+    why: &str,
+) {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => return,
+            Some(cmd) = commands_rx.recv() => {
+                answer(base, &cmd, Err(format!("the device is offline ({why})"))).await;
             }
         }
-        delay = (delay * 2).min(SERIAL_RETRY_MAX);
     }
+}
+
+/// GPIO lines: inputs polled and published, outputs set by commands and published. A
+/// board without the chip (or a failing line) makes the device offline, retried with
+/// capped backoff; the rest of the gateway carries on.
+async fn run_gpio_device(
+    device: Device,
+    chip: GpioChip,
+    prefix: String,
+    clients: Vec<Handle>,
+    mut commands_rx: mpsc::Receiver<DeviceCommand>,
+) {
+    let base = format!("{prefix}/{}", device.id);
+    let lines: Vec<crate::config::GpioLine> = device.points.iter().filter_map(|p| p.gpio).collect();
+    let mut reports = Reports::default();
+    let mut delay = Duration::from_millis(250);
+    let mut last_error = String::new();
+    availability(&clients, &base, "offline").await;
+    loop {
+        let failure = match crate::devices::gpio::open(&chip, &lines) {
+            Err(e) => e.to_string(),
+            Ok(mut backend) => {
+                delay = Duration::from_millis(250);
+                last_error.clear();
+                availability(&clients, &base, "online").await;
+                let mut ticks = tokio::time::interval(device.poll);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let failure = 'serve: loop {
+                    tokio::select! {
+                        _ = ticks.tick() => {
+                            let now = Instant::now();
+                            for point in &device.points {
+                                let Some(line) = point.gpio else { continue };
+                                match backend.read(line.line) {
+                                    Ok(level) => {
+                                        let value = Value::Bool(level);
+                                        if reports.due(&device, &point.id, value, now) {
+                                            publish_reading(&clients, &base, &device, &point.id, value).await;
+                                        }
+                                    }
+                                    Err(e) => break 'serve e.to_string(),
+                                }
+                            }
+                        }
+                        Some(cmd) = commands_rx.recv() => {
+                            let outcome = gpio_write(&device, backend.as_mut(), &cmd);
+                            if let Ok(value) = outcome {
+                                reports.sent(&cmd.point, value, Instant::now());
+                                publish_reading(&clients, &base, &device, &cmd.point, value).await;
+                            }
+                            answer(&base, &cmd, outcome).await;
+                        }
+                    }
+                };
+                availability(&clients, &base, "offline").await;
+                failure
+            }
+        };
+        // Said once per new failure, not at every retry.
+        if failure != last_error {
+            crate::observe::warn(format_args!(
+                "fieldgate run: device {}: {failure}",
+                device.id
+            ));
+            last_error = failure;
+        }
+        wait_offline(&base, &mut commands_rx, delay, &last_error).await;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+/// Executes a command on a GPIO output: `on`/`off`, `true`/`false` or `1`/`0`.
+fn gpio_write(
+    device: &Device,
+    backend: &mut dyn crate::devices::gpio::GpioBackend,
+    cmd: &DeviceCommand,
+) -> Result<Value, String> {
+    let command = cmd.command.as_ref().map_err(ToString::to_string)?;
+    if let Some(old) = too_old(device, &cmd.point, command) {
+        return Err(old);
+    }
+    let point = Points::point(device, &cmd.point)
+        .ok_or_else(|| crate::devices::WriteError::UnknownPoint(cmd.point.clone()).to_string())?;
+    let line = point
+        .gpio
+        .filter(|l| l.output)
+        .ok_or_else(|| crate::devices::WriteError::NotWritable(cmd.point.clone()).to_string())?;
+    let high = match command.value {
+        Value::Bool(b) => b,
+        Value::Number(n) if n == 0.0 || n == 1.0 => n == 1.0,
+        Value::Number(_) => {
+            return Err(crate::devices::WriteError::WrongType {
+                point: cmd.point.clone(),
+                expected: "on/off, true/false or 1/0",
+            }
+            .to_string());
+        }
+    };
+    backend.write(line.line, high).map_err(|e| e.to_string())?;
+    Ok(Value::Bool(high))
 }
 
 /// Finds a point's configuration by id (a sim device, or a device's configuration).

@@ -7,3 +7,4 @@ pub mod bridge;
 pub mod config;
 pub mod devices;
 pub mod mqtt;
+pub mod observe;

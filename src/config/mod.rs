@@ -99,6 +99,37 @@ pub enum Source {
     Sim,
     /// A line-oriented sensor on a serial port.
     Serial(SerialPort),
+    /// GPIO lines of this board.
+    Gpio(GpioChip),
+}
+
+/// Which GPIO backend drives a device's lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpioBackendKind {
+    /// rppal on a Raspberry Pi, gpiocdev elsewhere.
+    Auto,
+    Rppal,
+    /// The Linux GPIO character device (`chip`).
+    Gpiocdev,
+    /// Files in a directory: `<dir>/<line>` holds `0` or `1` (tests and demos).
+    Mock(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpioChip {
+    pub backend: GpioBackendKind,
+    pub chip: PathBuf,
+}
+
+/// One GPIO line of a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpioLine {
+    pub line: u32,
+    pub output: bool,
+    /// Inputs: `Some(true)` pull-up, `Some(false)` pull-down, `None` neither.
+    pub pull: Option<bool>,
+    /// Outputs: the level set at start.
+    pub initial: bool,
 }
 
 /// A serial line: one frame per line, `\n`-terminated.
@@ -141,6 +172,8 @@ pub struct Point {
     pub device_class: Option<String>,
     /// Serial devices: the frame field holding this point.
     pub key: String,
+    /// GPIO devices: the point's line.
+    pub gpio: Option<GpioLine>,
 }
 
 /// A simulated point's behaviour.
@@ -702,7 +735,38 @@ impl Checker {
                         format,
                     })
                 }
-                "gpio" | "modbus" => {
+                "gpio" => {
+                    let backend = match d.backend.as_ref().map(|b| (b.value.as_str(), b)) {
+                        None | Some(("auto", _)) => GpioBackendKind::Auto,
+                        Some(("rppal", _)) => GpioBackendKind::Rppal,
+                        Some(("gpiocdev", _)) => GpioBackendKind::Gpiocdev,
+                        Some(("mock", b)) => match &d.mock_dir {
+                            Some(dir) => GpioBackendKind::Mock(self.path(dir)),
+                            None => {
+                                self.problem(
+                                    &format!("{path}.mock_dir"),
+                                    Some(b.referenced.line()),
+                                    "the mock backend needs mock_dir",
+                                );
+                                continue;
+                            }
+                        },
+                        Some((other, b)) => {
+                            self.problem(
+                                &format!("{path}.backend"),
+                                Some(b.referenced.line()),
+                                format!("{other:?} is not auto, rppal, gpiocdev or mock"),
+                            );
+                            continue;
+                        }
+                    };
+                    let chip = d.chip.as_ref().map_or_else(
+                        || PathBuf::from("/dev/gpiochip0"),
+                        |c| PathBuf::from(&c.value),
+                    );
+                    Source::Gpio(GpioChip { backend, chip })
+                }
+                "modbus" => {
                     self.problem(
                         &format!("{path}.source"),
                         Some(d.source.referenced.line()),
@@ -747,8 +811,8 @@ impl Checker {
                     Duration::from_secs(60),
                 );
                 let sim = match (&source, p.sim.as_ref().map(|s| s.value.as_str())) {
-                    (Source::Serial(_), None) => None,
-                    (Source::Serial(_), Some(_)) => {
+                    (Source::Serial(_) | Source::Gpio(_), None) => None,
+                    (Source::Serial(_) | Source::Gpio(_), Some(_)) => {
                         self.problem(
                             &format!("{ppath}.sim"),
                             pline,
@@ -843,6 +907,7 @@ impl Checker {
                         .key
                         .as_ref()
                         .map_or_else(|| p.id.value.clone(), |k| k.value.clone()),
+                    gpio: self.gpio_line(&ppath, &source, p),
                 });
             }
             devices.push(Device {
@@ -853,6 +918,79 @@ impl Checker {
             });
         }
         devices
+    }
+
+    /// A GPIO point's line settings (`None` for other sources, or when wrong).
+    fn gpio_line(&mut self, path: &str, source: &Source, p: &raw::RawPoint) -> Option<GpioLine> {
+        let line_no = Some(p.id.referenced.line());
+        if !matches!(source, Source::Gpio(_)) {
+            if p.line.is_some() {
+                self.problem(
+                    &format!("{path}.line"),
+                    line_no,
+                    "only gpio devices have lines",
+                );
+            }
+            return None;
+        }
+        let Some(line) = &p.line else {
+            self.problem(
+                &format!("{path}.line"),
+                line_no,
+                "a gpio point needs `line:` (e.g. 17)",
+            );
+            return None;
+        };
+        let output = match p.direction.as_ref().map(|d| d.value.as_str()) {
+            None | Some("input") => false,
+            Some("output") => true,
+            Some(other) => {
+                self.problem(
+                    &format!("{path}.direction"),
+                    line_no,
+                    format!("{other:?} is not input or output"),
+                );
+                false
+            }
+        };
+        if p.writable != output {
+            self.problem(
+                &format!("{path}.writable"),
+                line_no,
+                "a gpio point is writable exactly when its direction is output",
+            );
+        }
+        let pull = match p.pull.as_ref().map(|d| d.value.as_str()) {
+            None | Some("none") => None,
+            Some("up") => Some(true),
+            Some("down") => Some(false),
+            Some(other) => {
+                self.problem(
+                    &format!("{path}.pull"),
+                    line_no,
+                    format!("{other:?} is not up, down or none"),
+                );
+                None
+            }
+        };
+        let initial = match p.initial.as_ref().map(|d| d.value.as_str()) {
+            None | Some("low") => false,
+            Some("high") => true,
+            Some(other) => {
+                self.problem(
+                    &format!("{path}.initial"),
+                    line_no,
+                    format!("{other:?} is not low or high"),
+                );
+                false
+            }
+        };
+        Some(GpioLine {
+            line: u32::try_from(line.value).unwrap_or(u32::MAX),
+            output,
+            pull,
+            initial,
+        })
     }
 
     fn limits(&mut self, raw: &RawLimits, config: &mut BrokerConfig) {

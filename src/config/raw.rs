@@ -76,6 +76,12 @@ pub struct RawDevice {
     pub baud: Option<Number>,
     /// `json` (`{"temperature": 21.5}` per line) or `key_value` (`temperature=21.5 ...`).
     pub format: Option<Text>,
+    /// GPIO devices: `auto` (rppal on a Raspberry Pi, else gpiocdev), `rppal`,
+    /// `gpiocdev` or `mock` (files in `mock_dir`, for tests and demos).
+    pub backend: Option<Text>,
+    /// gpiocdev: the chip (default `/dev/gpiochip0`).
+    pub chip: Option<Text>,
+    pub mock_dir: Option<Text>,
     #[serde(default)]
     pub points: Vec<RawPoint>,
 }
@@ -108,6 +114,12 @@ pub struct RawPoint {
     pub device_class: Option<Text>,
     /// Serial devices: the field of a frame that holds this point (default: its id).
     pub key: Option<Text>,
+    /// GPIO devices: the line (BCM number on a Raspberry Pi), `input` or `output`, the
+    /// input's pull, the output's level at start.
+    pub line: Option<Number>,
+    pub direction: Option<Text>,
+    pub pull: Option<Text>,
+    pub initial: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

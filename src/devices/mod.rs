@@ -2,6 +2,7 @@
 //! they accept. One module per kind of source (`sim` today); none of them knows about
 //! MQTT: the bridge turns readings into telemetry and commands into writes.
 
+pub mod gpio;
 pub mod serial;
 pub mod sim;
 

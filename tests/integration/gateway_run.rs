@@ -64,11 +64,10 @@ fn start_with(dir: &TempDir, config: &str) -> (Running, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("fieldgate run starts");
-    let line = BufReader::new(child.stderr.take().expect("piped"))
-        .lines()
-        .next()
-        .expect("a line on stderr")
-        .expect("stderr");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let line = stderr.next().expect("a line on stderr").expect("stderr");
+    // Keep reading what it says later, so that it never writes to a closed pipe.
+    std::thread::spawn(move || stderr.for_each(drop));
     let port = line
         .rsplit(':')
         .next()
@@ -537,4 +536,79 @@ fn a_serial_sensor_on_a_pty_publishes_takes_writes_and_its_availability_follows_
     wait_retained(&port, "fieldgate/gw4/meter/availability", "offline");
     let _pty = PtyPair::start(&dir);
     wait_retained(&port, "fieldgate/gw4/meter/availability", "online");
+}
+
+#[test]
+fn gpio_inputs_are_published_outputs_follow_commands_and_a_missing_chip_only_takes_its_device_offline()
+ {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-gpio");
+    let lines = dir.path().join("lines");
+    std::fs::create_dir_all(&lines).unwrap();
+    std::fs::write(lines.join("17"), "0\n").unwrap();
+    let config = format!(
+        "gateway:\n  id: gw5\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\ndevices:\n  - id: io\n    source: gpio\n    backend: mock\n    mock_dir: {}\n    poll: 100ms\n    points:\n      - id: door\n        line: 17\n        pull: up\n      - id: relay\n        line: 27\n        direction: output\n        writable: true\n        initial: low\n        retain: true\n  - id: absent\n    source: gpio\n    backend: gpiocdev\n    chip: /nonexistent/gpiochip9\n    points:\n      - id: button\n        line: 4\n",
+        lines.display()
+    );
+    let (_gateway, port) = start_with(&dir, &config);
+    wait_retained(&port, "fieldgate/gw5/io/availability", "online");
+    assert_eq!(
+        std::fs::read_to_string(lines.join("27")).unwrap(),
+        "0\n",
+        "initial: low"
+    );
+
+    // The input goes high: published.
+    let reading = first_while(&port, "fieldgate/gw5/io/door", || {
+        std::fs::write(lines.join("17"), "1\n").unwrap();
+    });
+    let door = json(&reading);
+    assert_eq!(door["value"], true, "{reading}");
+
+    // A command drives the output.
+    let result = first_while(&port, "fieldgate/gw5/io/relay/set/result", || {
+        let out = run_program(
+            "mosquitto_pub",
+            &[
+                "-p",
+                &port,
+                "-q",
+                "1",
+                "-t",
+                "fieldgate/gw5/io/relay/set",
+                "-m",
+                "on",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert!(
+        result.ends_with(r#"{"id":null,"ok":true,"value":true}"#),
+        "{result}"
+    );
+    assert_eq!(std::fs::read_to_string(lines.join("27")).unwrap(), "1\n");
+    // Inputs cannot be set.
+    let refused = first_while(&port, "fieldgate/gw5/io/door/set/result", || {
+        let out = run_program(
+            "mosquitto_pub",
+            &[
+                "-p",
+                &port,
+                "-q",
+                "1",
+                "-t",
+                "fieldgate/gw5/io/door/set",
+                "-m",
+                "on",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert!(refused.contains(r#""ok":false"#), "{refused}");
+
+    // The device on a chip this machine does not have is offline; the gateway is not.
+    wait_retained(&port, "fieldgate/gw5/absent/availability", "offline");
+    wait_retained(&port, "fieldgate/gw5/availability", "online");
 }

@@ -487,10 +487,10 @@ impl<S: ReadInto> Connection<S> {
             }
             if let Err(e) = codec::encode(&packet, protocol, &mut self.write_buf) {
                 // The session built it: a bug, reported, not a crash.
-                eprintln!(
+                crate::observe::warn(format_args!(
                     "fieldgate broker: cannot encode {:?}: {e}",
                     packet.packet_type()
-                );
+                ));
             }
         }
         if self.write_buf.is_empty() {

@@ -28,7 +28,7 @@ pub(super) async fn accept_loop(socket: TcpListener, accepting: Accepting, core:
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning;
                 // the listener itself is still fine.
-                eprintln!("fieldgate broker: accept failed: {e}");
+                crate::observe::warn(format_args!("fieldgate broker: accept failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

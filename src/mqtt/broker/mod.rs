@@ -221,10 +221,10 @@ impl Broker {
             config,
         });
         if recovered.truncated > 0 {
-            eprintln!(
+            crate::observe::warn(format_args!(
                 "fieldgate broker: journal had a torn or corrupt tail; cut {} bytes",
                 recovered.truncated
-            );
+            ));
         }
         for message in &recovered.retained {
             core.router.restore_retained(message);

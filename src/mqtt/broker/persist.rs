@@ -600,7 +600,9 @@ impl Writer {
                 self.fsync = Fsync::Always;
             }
             if let Err(e) = self.write(&mut buf, !waiters.is_empty()) {
-                eprintln!("fieldgate broker: journal write failed, persistence stops: {e}");
+                crate::observe::warn(format_args!(
+                    "fieldgate broker: journal write failed, persistence stops: {e}"
+                ));
                 return;
             }
             for waiter in waiters.drain(..) {
@@ -609,7 +611,9 @@ impl Writer {
             if self.written > self.compact_slack
                 && let Err(e) = self.compact()
             {
-                eprintln!("fieldgate broker: journal compaction failed: {e}");
+                crate::observe::warn(format_args!(
+                    "fieldgate broker: journal compaction failed: {e}"
+                ));
             }
         }
         if let Some(waiter) = closing {

@@ -52,7 +52,7 @@ pub fn parse(payload: &[u8]) -> Result<Command, CommandError> {
             issued,
         });
     }
-    bare(text)
+    Value::parse_text(text)
         .map(|value| Command {
             value,
             id: None,
@@ -61,23 +61,11 @@ pub fn parse(payload: &[u8]) -> Result<Command, CommandError> {
         .ok_or_else(|| CommandError::NotAValue(text.into()))
 }
 
-fn bare(text: &str) -> Option<Value> {
-    match text.to_ascii_lowercase().as_str() {
-        "true" | "on" => Some(Value::Bool(true)),
-        "false" | "off" => Some(Value::Bool(false)),
-        other => other
-            .parse::<f64>()
-            .ok()
-            .filter(|n| n.is_finite())
-            .map(Value::Number),
-    }
-}
-
 fn json_value(v: &serde_json::Value) -> Option<Value> {
     match v {
         serde_json::Value::Bool(b) => Some(Value::Bool(*b)),
         serde_json::Value::Number(n) => n.as_f64().map(Value::Number),
-        serde_json::Value::String(s) => bare(s),
+        serde_json::Value::String(s) => Value::parse_text(s),
         _ => None,
     }
 }

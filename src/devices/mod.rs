@@ -14,6 +14,20 @@ pub enum Value {
 }
 
 impl Value {
+    /// Reads a value as people and devices write it: `true`/`on`, `false`/`off` (any
+    /// case), or a finite number.
+    pub fn parse_text(text: &str) -> Option<Value> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "on" => Some(Value::Bool(true)),
+            "false" | "off" => Some(Value::Bool(false)),
+            other => other
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .map(Value::Number),
+        }
+    }
+
     pub fn to_json(self) -> serde_json::Value {
         match self {
             Value::Bool(b) => serde_json::Value::Bool(b),

@@ -21,7 +21,7 @@ pub fn parse_frame(format: FrameFormat, line: &str, points: &[Point]) -> Vec<(St
         FrameFormat::KeyValue => line
             .split([' ', ',', ';', '\t'])
             .filter_map(|pair| pair.split_once('='))
-            .filter_map(|(k, v)| text_value(v).map(|v| (k.to_string(), v)))
+            .filter_map(|(k, v)| Value::parse_text(v).map(|v| (k.to_string(), v)))
             .collect(),
     };
     points
@@ -39,20 +39,8 @@ fn json_value(v: &serde_json::Value) -> Option<Value> {
     match v {
         serde_json::Value::Bool(b) => Some(Value::Bool(*b)),
         serde_json::Value::Number(n) => n.as_f64().map(Value::Number),
-        serde_json::Value::String(s) => text_value(s),
+        serde_json::Value::String(s) => Value::parse_text(s),
         _ => None,
-    }
-}
-
-fn text_value(text: &str) -> Option<Value> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "true" | "on" => Some(Value::Bool(true)),
-        "false" | "off" => Some(Value::Bool(false)),
-        other => other
-            .parse::<f64>()
-            .ok()
-            .filter(|n| n.is_finite())
-            .map(Value::Number),
     }
 }
 

@@ -97,6 +97,15 @@ fn receive(port: &str, filters: &[&str], count: usize) -> Vec<String> {
         .collect()
 }
 
+/// `mosquitto_pub -q 1` of one message; must succeed.
+fn publish(port: &str, topic: &str, payload: &str) {
+    let out = run_program(
+        "mosquitto_pub",
+        &["-p", port, "-q", "1", "-t", topic, "-m", payload],
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
 fn json(line: &str) -> serde_json::Value {
     let payload = line.split_once(' ').expect("topic payload").1;
     serde_json::from_str(payload).unwrap_or_else(|e| panic!("{line}: {e}"))
@@ -144,11 +153,7 @@ fn the_gateway_publishes_telemetry_and_availability_and_executes_set_commands() 
     let mut results = Vec::new();
     while let Some(mut child) = watch.take() {
         for (topic, payload) in commands {
-            let out = run_program(
-                "mosquitto_pub",
-                &["-p", &port, "-q", "1", "-t", topic, "-m", payload],
-            );
-            assert!(out.status.success(), "{out:?}");
+            publish(&port, topic, payload);
         }
         match child.try_wait().expect("poll mosquitto_sub") {
             Some(_) => {
@@ -298,20 +303,7 @@ fn telemetry_and_commands_work_through_an_upstream_mosquitto_and_forward_rules_c
 
     // A command from upstream: executed, answered upstream.
     let result = first_while(&up, "fieldgate/gw2/demo/switch/set/result", || {
-        let out = run_program(
-            "mosquitto_pub",
-            &[
-                "-p",
-                &up,
-                "-q",
-                "1",
-                "-t",
-                "fieldgate/gw2/demo/switch/set",
-                "-m",
-                "on",
-            ],
-        );
-        assert!(out.status.success(), "{out:?}");
+        publish(&up, "fieldgate/gw2/demo/switch/set", "on");
     });
     assert!(
         result.ends_with(r#"{"id":null,"ok":true,"value":true}"#),
@@ -508,20 +500,7 @@ fn a_serial_sensor_on_a_pty_publishes_takes_writes_and_its_availability_follows_
     assert_eq!(value["unit"], "°C");
 
     // A command becomes a line on the port.
-    let out = run_program(
-        "mosquitto_pub",
-        &[
-            "-p",
-            &port,
-            "-q",
-            "1",
-            "-t",
-            "fieldgate/gw4/meter/valve/set",
-            "-m",
-            "40",
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
+    publish(&port, "fieldgate/gw4/meter/valve/set", "40");
     let mut reader = BufReader::new(sensor.try_clone().unwrap());
     let mut line = String::new();
     reader
@@ -569,20 +548,7 @@ fn gpio_inputs_are_published_outputs_follow_commands_and_a_missing_chip_only_tak
 
     // A command drives the output.
     let result = first_while(&port, "fieldgate/gw5/io/relay/set/result", || {
-        let out = run_program(
-            "mosquitto_pub",
-            &[
-                "-p",
-                &port,
-                "-q",
-                "1",
-                "-t",
-                "fieldgate/gw5/io/relay/set",
-                "-m",
-                "on",
-            ],
-        );
-        assert!(out.status.success(), "{out:?}");
+        publish(&port, "fieldgate/gw5/io/relay/set", "on");
     });
     assert!(
         result.ends_with(r#"{"id":null,"ok":true,"value":true}"#),
@@ -591,20 +557,7 @@ fn gpio_inputs_are_published_outputs_follow_commands_and_a_missing_chip_only_tak
     assert_eq!(std::fs::read_to_string(lines.join("27")).unwrap(), "1\n");
     // Inputs cannot be set.
     let refused = first_while(&port, "fieldgate/gw5/io/door/set/result", || {
-        let out = run_program(
-            "mosquitto_pub",
-            &[
-                "-p",
-                &port,
-                "-q",
-                "1",
-                "-t",
-                "fieldgate/gw5/io/door/set",
-                "-m",
-                "on",
-            ],
-        );
-        assert!(out.status.success(), "{out:?}");
+        publish(&port, "fieldgate/gw5/io/door/set", "on");
     });
     assert!(refused.contains(r#""ok":false"#), "{refused}");
 

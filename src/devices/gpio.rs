@@ -69,10 +69,14 @@ impl GpioBackend for Mock {
 
     fn write(&mut self, line: u32, high: bool) -> Result<(), GpioError> {
         let path = self.dir.join(line.to_string());
-        std::fs::write(&path, if high { "1\n" } else { "0\n" }).map_err(|e| GpioError::Mock {
-            line,
-            why: format!("{}: {e}", path.display()),
-        })
+        // Written aside and renamed: a reader never sees a half-written (empty) line.
+        let temporary = self.dir.join(format!(".{line}.tmp"));
+        std::fs::write(&temporary, if high { "1\n" } else { "0\n" })
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .map_err(|e| GpioError::Mock {
+                line,
+                why: format!("{}: {e}", path.display()),
+            })
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use crate::bridge::{commands, discovery, telemetry};
@@ -470,26 +470,34 @@ async fn run_serial_device(
     clients: Vec<Handle>,
     mut commands_rx: mpsc::Receiver<DeviceCommand>,
 ) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio_serial::SerialPortBuilderExt;
     let base = format!("{prefix}/{}", device.id);
     let mut reports = Reports::default();
     let mut delay = Duration::from_millis(250);
     availability(&clients, &base, "offline").await;
+    let parser = match crate::devices::serial::FrameParser::new(&port.format) {
+        Ok(parser) => parser,
+        Err(e) => {
+            // The configuration check compiles the pattern first; this cannot happen.
+            crate::observe::warn(format_args!("fieldgate run: device {}: {e}", device.id));
+            return;
+        }
+    };
     loop {
         let path = port.path.to_string_lossy().into_owned();
-        match tokio_serial::new(path, port.baud).open_native_async() {
+        match serial_builder(&path, &port).open_native_async() {
             Ok(stream) => {
                 delay = Duration::from_millis(250);
                 availability(&clients, &base, "online").await;
                 let (reader, mut writer) = tokio::io::split(stream);
-                let mut lines = tokio::io::BufReader::new(reader).lines();
+                let mut frames = Frames::new(reader, port.frame_length);
                 loop {
                     tokio::select! {
-                        line = lines.next_line() => match line {
+                        frame = frames.next() => match frame {
                             Ok(Some(line)) => {
                                 let now = Instant::now();
-                                for (point, value) in crate::devices::serial::parse_frame(port.format, &line, &device.points) {
+                                for (point, value) in parser.parse(&line, &device.points) {
                                     if reports.due(&device, &point, value, now) {
                                         publish_reading(&clients, &base, &device, &point, value).await;
                                     }
@@ -527,6 +535,87 @@ async fn run_serial_device(
         }
         wait_offline(&base, &mut commands_rx, delay, "its port is not open").await;
         delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+/// The port's settings as tokio-serial takes them.
+fn serial_builder(path: &str, port: &SerialPort) -> tokio_serial::SerialPortBuilder {
+    use crate::config::{FlowControl, Parity};
+    let parity = match port.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let data_bits = match port.data_bits {
+        5 => tokio_serial::DataBits::Five,
+        6 => tokio_serial::DataBits::Six,
+        7 => tokio_serial::DataBits::Seven,
+        _ => tokio_serial::DataBits::Eight,
+    };
+    let stop_bits = if port.stop_bits == 2 {
+        tokio_serial::StopBits::Two
+    } else {
+        tokio_serial::StopBits::One
+    };
+    let flow_control = match port.flow_control {
+        FlowControl::None => tokio_serial::FlowControl::None,
+        FlowControl::Software => tokio_serial::FlowControl::Software,
+        FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
+    };
+    tokio_serial::new(path, port.baud)
+        .parity(parity)
+        .data_bits(data_bits)
+        .stop_bits(stop_bits)
+        .flow_control(flow_control)
+}
+
+/// Frames from a serial port: `\n`-terminated lines, or `length`-byte chunks.
+struct Frames<R> {
+    reader: R,
+    buf: BytesMut,
+    length: Option<usize>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Frames<R> {
+    fn new(reader: R, length: Option<usize>) -> Self {
+        Frames {
+            reader,
+            buf: BytesMut::new(),
+            length,
+        }
+    }
+
+    /// The next frame as text; `None` at end of stream.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: bytes read are kept in the buffer until a whole frame is there.
+    async fn next(&mut self) -> std::io::Result<Option<String>> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let end = match self.length {
+                Some(n) => (self.buf.len() >= n).then_some((n, n)),
+                None => self
+                    .buf
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map(|i| (i, i + 1)),
+            };
+            if let Some((frame_end, consumed)) = end {
+                let frame = self.buf.split_to(consumed);
+                let text = String::from_utf8_lossy(&frame[..frame_end])
+                    .trim_end_matches('\r')
+                    .to_string();
+                return Ok(Some(text));
+            }
+            // A sensor that never ends its line must not grow memory for ever.
+            if self.buf.len() > 64 * 1024 {
+                self.buf.clear();
+            }
+            self.buf.reserve(256);
+            if self.reader.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
     }
 }
 

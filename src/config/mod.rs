@@ -138,15 +138,37 @@ pub struct SerialPort {
     pub path: PathBuf,
     pub baud: u32,
     pub format: FrameFormat,
+    /// `None`: `\n`-terminated lines; `Some(n)`: frames of `n` bytes.
+    pub frame_length: Option<usize>,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+    pub flow_control: FlowControl,
 }
 
-/// How a line is read into point values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowControl {
+    None,
+    Software,
+    Hardware,
+}
+
+/// How a frame is read into point values.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameFormat {
     /// `{"temperature": 21.5, "door": true}`
     Json,
     /// `temperature=21.5 door=1` (spaces, commas or semicolons between pairs)
     KeyValue,
+    /// A regular expression whose named groups are the fields (checked at load).
+    Regex(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -720,19 +742,84 @@ impl Checker {
                     let format = match d.format.as_ref().map(|f| (f.value.as_str(), f)) {
                         None | Some(("json", _)) => FrameFormat::Json,
                         Some(("key_value", _)) => FrameFormat::KeyValue,
+                        Some(("regex", f)) => match &d.pattern {
+                            Some(p) => match regex::Regex::new(&p.value) {
+                                Ok(_) => FrameFormat::Regex(p.value.clone()),
+                                Err(e) => {
+                                    self.problem(
+                                        &format!("{path}.pattern"),
+                                        Some(p.referenced.line()),
+                                        e.to_string(),
+                                    );
+                                    FrameFormat::Json
+                                }
+                            },
+                            None => {
+                                self.problem(
+                                    &format!("{path}.pattern"),
+                                    Some(f.referenced.line()),
+                                    "format: regex needs a pattern with named groups",
+                                );
+                                FrameFormat::Json
+                            }
+                        },
                         Some((other, f)) => {
                             self.problem(
                                 &format!("{path}.format"),
                                 Some(f.referenced.line()),
-                                format!("{other:?} is not json or key_value"),
+                                format!("{other:?} is not json, key_value or regex"),
                             );
                             FrameFormat::Json
                         }
                     };
+                    let frame_length = d.frame_length.as_ref().map(|_| {
+                        self.number(
+                            &format!("{path}.frame_length"),
+                            &d.frame_length,
+                            1..=65_536,
+                            1,
+                        ) as usize
+                    });
+                    let parity = match d.parity.as_ref().map(|t| (t.value.as_str(), t)) {
+                        None | Some(("none", _)) => Parity::None,
+                        Some(("even", _)) => Parity::Even,
+                        Some(("odd", _)) => Parity::Odd,
+                        Some((other, t)) => {
+                            self.problem(
+                                &format!("{path}.parity"),
+                                Some(t.referenced.line()),
+                                format!("{other:?} is not none, even or odd"),
+                            );
+                            Parity::None
+                        }
+                    };
+                    let flow_control = match d.flow_control.as_ref().map(|t| (t.value.as_str(), t))
+                    {
+                        None | Some(("none", _)) => FlowControl::None,
+                        Some(("software", _)) => FlowControl::Software,
+                        Some(("hardware", _)) => FlowControl::Hardware,
+                        Some((other, t)) => {
+                            self.problem(
+                                &format!("{path}.flow_control"),
+                                Some(t.referenced.line()),
+                                format!("{other:?} is not none, software or hardware"),
+                            );
+                            FlowControl::None
+                        }
+                    };
+                    let data_bits =
+                        self.number(&format!("{path}.data_bits"), &d.data_bits, 5..=8, 8) as u8;
+                    let stop_bits =
+                        self.number(&format!("{path}.stop_bits"), &d.stop_bits, 1..=2, 1) as u8;
                     Source::Serial(SerialPort {
                         path: PathBuf::from(&port.value),
                         baud,
                         format,
+                        frame_length,
+                        parity,
+                        data_bits,
+                        stop_bits,
+                        flow_control,
                     })
                 }
                 "gpio" => {

@@ -74,8 +74,20 @@ pub struct RawDevice {
     /// Serial devices: the port (`/dev/ttyUSB0`), its speed, and the frame format.
     pub port: Option<Text>,
     pub baud: Option<Number>,
-    /// `json` (`{"temperature": 21.5}` per line) or `key_value` (`temperature=21.5 ...`).
+    /// `json` (`{"temperature": 21.5}` per line), `key_value` (`temperature=21.5 ...`)
+    /// or `regex` (named groups of `pattern` are the fields).
     pub format: Option<Text>,
+    pub pattern: Option<Text>,
+    /// Frames of this many bytes instead of lines.
+    pub frame_length: Option<Number>,
+    /// `none` (default), `even` or `odd`.
+    pub parity: Option<Text>,
+    /// 5 to 8 (default 8).
+    pub data_bits: Option<Number>,
+    /// 1 (default) or 2.
+    pub stop_bits: Option<Number>,
+    /// `none` (default), `software` or `hardware`.
+    pub flow_control: Option<Text>,
     /// GPIO devices: `auto` (rppal on a Raspberry Pi, else gpiocdev), `rppal`,
     /// `gpiocdev` or `mock` (files in `mock_dir`, for tests and demos).
     pub backend: Option<Text>,

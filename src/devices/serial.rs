@@ -6,11 +6,65 @@
 use super::{Value, WriteError};
 use crate::config::{FrameFormat, Point};
 
-/// The values a frame holds for the device's points, by point id. Fields no point asks
-/// for are ignored; a line that is not a frame gives nothing (sensors print banners).
-pub fn parse_frame(format: FrameFormat, line: &str, points: &[Point]) -> Vec<(String, Value)> {
+/// Reads frames of one format; a regular expression is compiled once.
+#[derive(Debug)]
+pub struct FrameParser {
+    format: FrameFormat,
+    regex: Option<regex::Regex>,
+}
+
+impl FrameParser {
+    /// Fails only on a bad pattern (the configuration check catches those first).
+    pub fn new(format: &FrameFormat) -> Result<FrameParser, regex::Error> {
+        let regex = match format {
+            FrameFormat::Regex(pattern) => Some(regex::Regex::new(pattern)?),
+            _ => None,
+        };
+        Ok(FrameParser {
+            format: format.clone(),
+            regex,
+        })
+    }
+
+    /// The values a frame holds for the device's points, by point id. Fields no point
+    /// asks for are ignored; a frame that does not parse gives nothing (sensors print
+    /// banners).
+    pub fn parse(&self, frame: &str, points: &[Point]) -> Vec<(String, Value)> {
+        if let Some(regex) = &self.regex {
+            let Some(captures) = regex.captures(frame) else {
+                return Vec::new();
+            };
+            let fields: Vec<(String, Value)> = regex
+                .capture_names()
+                .flatten()
+                .filter_map(|name| {
+                    let text = captures.name(name)?.as_str();
+                    Some((name.to_string(), Value::parse_text(text)?))
+                })
+                .collect();
+            return by_point(fields, points);
+        }
+        parse_frame(&self.format, frame, points)
+    }
+}
+
+fn by_point(fields: Vec<(String, Value)>, points: &[Point]) -> Vec<(String, Value)> {
+    points
+        .iter()
+        .filter_map(|p| {
+            fields
+                .iter()
+                .find(|(k, _)| *k == p.key)
+                .map(|(_, v)| (p.id.clone(), *v))
+        })
+        .collect()
+}
+
+/// [`FrameParser::parse`] for the formats that need no compiled state.
+fn parse_frame(format: &FrameFormat, line: &str, points: &[Point]) -> Vec<(String, Value)> {
     let line = line.trim();
     let fields: Vec<(String, Value)> = match format {
+        FrameFormat::Regex(_) => Vec::new(),
         FrameFormat::Json => match serde_json::from_str::<serde_json::Value>(line) {
             Ok(serde_json::Value::Object(map)) => map
                 .into_iter()
@@ -24,15 +78,7 @@ pub fn parse_frame(format: FrameFormat, line: &str, points: &[Point]) -> Vec<(St
             .filter_map(|(k, v)| Value::parse_text(v).map(|v| (k.to_string(), v)))
             .collect(),
     };
-    points
-        .iter()
-        .filter_map(|p| {
-            fields
-                .iter()
-                .find(|(k, _)| *k == p.key)
-                .map(|(_, v)| (p.id.clone(), *v))
-        })
-        .collect()
+    by_point(fields, points)
 }
 
 fn json_value(v: &serde_json::Value) -> Option<Value> {
@@ -75,11 +121,9 @@ mod tests {
     #[test]
     fn json_and_key_value_frames_give_the_configured_points() {
         let p = points();
-        let got = parse_frame(
-            FrameFormat::Json,
-            r#"{"t": 21.5, "door": true, "other": 1}"#,
-            &p,
-        );
+        let json = FrameParser::new(&FrameFormat::Json).unwrap();
+        let key_value = FrameParser::new(&FrameFormat::KeyValue).unwrap();
+        let got = json.parse(r#"{"t": 21.5, "door": true, "other": 1}"#, &p);
         assert_eq!(
             got,
             [
@@ -87,7 +131,7 @@ mod tests {
                 ("door".to_string(), Value::Bool(true))
             ]
         );
-        let got = parse_frame(FrameFormat::KeyValue, "t=19.25, door=off;noise", &p);
+        let got = key_value.parse("t=19.25, door=off;noise", &p);
         assert_eq!(
             got,
             [
@@ -95,8 +139,20 @@ mod tests {
                 ("door".to_string(), Value::Bool(false))
             ]
         );
-        assert!(parse_frame(FrameFormat::Json, "BOOT v1.2", &p).is_empty());
-        assert!(parse_frame(FrameFormat::KeyValue, "t=NaN", &p).is_empty());
+        assert!(json.parse("BOOT v1.2", &p).is_empty());
+        assert!(key_value.parse("t=NaN", &p).is_empty());
+        let regex = FrameParser::new(&FrameFormat::Regex(
+            r"^T(?P<t>-?[0-9.]+) D(?P<door>[01])$".into(),
+        ))
+        .unwrap();
+        assert_eq!(
+            regex.parse("T-3.5 D1", &p),
+            [
+                ("temperature".to_string(), Value::Number(-3.5)),
+                ("door".to_string(), Value::Number(1.0))
+            ]
+        );
+        assert!(regex.parse("garbage", &p).is_empty());
     }
 
     #[test]

@@ -572,3 +572,30 @@ fn gpio_inputs_are_published_outputs_follow_commands_and_a_missing_chip_only_tak
     wait_retained(&port, "fieldgate/gw5/absent/availability", "offline");
     wait_retained(&port, "fieldgate/gw5/availability", "online");
 }
+
+#[test]
+fn fixed_length_serial_frames_are_read_with_a_regex_and_the_port_settings_are_applied() {
+    if !require_peer("socat") || !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-serial-fixed");
+    let pty = PtyPair::start(&dir);
+    let config = format!(
+        "gateway:\n  id: gw6\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\ndevices:\n  - id: scale\n    source: serial\n    port: {}\n    baud: 19200\n    parity: even\n    data_bits: 7\n    stop_bits: 2\n    flow_control: software\n    frame_length: 8\n    format: regex\n    pattern: '^W(?P<w>[0-9.]+)kg'\n    points:\n      - id: weight\n        key: w\n        unit: kg\n",
+        pty.dev.display()
+    );
+    let (_gateway, port) = start_with(&dir, &config);
+    wait_retained(&port, "fieldgate/gw6/scale/availability", "online");
+    let mut sensor = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pty.sensor)
+        .expect("the sensor side of the pty");
+    // Two frames of 8 bytes, no newline, the second split across writes.
+    let reading = first_while(&port, "fieldgate/gw6/scale/weight", || {
+        use std::io::Write;
+        sensor.write_all(b"W12.50kgW07.2").unwrap();
+        sensor.write_all(b"5kg").unwrap();
+    });
+    let value = json(&reading)["value"].as_f64().expect("a number");
+    assert!(value == 12.5 || value == 7.25, "{reading}");
+}

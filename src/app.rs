@@ -663,6 +663,7 @@ async fn run_gpio_device(
                 availability(&clients, &base, "online").await;
                 let mut ticks = tokio::time::interval(device.poll);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut debounce: HashMap<u32, crate::devices::gpio::Debounce> = HashMap::new();
                 let failure = 'serve: loop {
                     tokio::select! {
                         _ = ticks.tick() => {
@@ -671,6 +672,12 @@ async fn run_gpio_device(
                                 let Some(line) = point.gpio else { continue };
                                 match backend.read(line.line) {
                                     Ok(level) => {
+                                        let level = if line.output {
+                                            Some(level)
+                                        } else {
+                                            debounce.entry(line.line).or_default().feed(level, now, line.debounce)
+                                        };
+                                        let Some(level) = level else { continue };
                                         let value = Value::Bool(level);
                                         if reports.due(&device, &point.id, value, now) {
                                             publish_reading(&clients, &base, &device, &point.id, value).await;

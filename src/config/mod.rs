@@ -130,6 +130,8 @@ pub struct GpioLine {
     pub pull: Option<bool>,
     /// Outputs: the level set at start.
     pub initial: bool,
+    /// Inputs: how long a new level must hold before it counts.
+    pub debounce: Duration,
 }
 
 /// A serial line: one frame per line, `\n`-terminated.
@@ -1072,11 +1074,13 @@ impl Checker {
                 false
             }
         };
+        let debounce = self.duration(&format!("{path}.debounce"), &p.debounce, Duration::ZERO);
         Some(GpioLine {
             line: u32::try_from(line.value).unwrap_or(u32::MAX),
             output,
             pull,
             initial,
+            debounce,
         })
     }
 

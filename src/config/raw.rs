@@ -132,6 +132,8 @@ pub struct RawPoint {
     pub direction: Option<Text>,
     pub pull: Option<Text>,
     pub initial: Option<Text>,
+    /// GPIO inputs: a new level counts once it has held this long (contact bounce).
+    pub debounce: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -51,6 +51,45 @@ fn on_raspberry_pi() -> bool {
     std::fs::read_to_string("/proc/device-tree/model").is_ok_and(|m| m.contains("Raspberry Pi"))
 }
 
+/// Software debounce for a polled input: a new level counts once every poll has seen it
+/// for at least the debounce period (a contact bouncing between polls is ignored).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Debounce {
+    stable: Option<bool>,
+    candidate: Option<(bool, std::time::Instant)>,
+}
+
+impl Debounce {
+    /// Feeds one reading; returns the level that counts now.
+    pub fn feed(
+        &mut self,
+        level: bool,
+        now: std::time::Instant,
+        period: std::time::Duration,
+    ) -> Option<bool> {
+        match self.stable {
+            None => self.stable = Some(level),
+            Some(stable) if stable == level => self.candidate = None,
+            Some(_) => match self.candidate {
+                Some((candidate, since)) if candidate == level => {
+                    if now.duration_since(since) >= period {
+                        self.stable = Some(level);
+                        self.candidate = None;
+                    }
+                }
+                _ => {
+                    self.candidate = Some((level, now));
+                    if period.is_zero() {
+                        self.stable = Some(level);
+                        self.candidate = None;
+                    }
+                }
+            },
+        }
+        self.stable
+    }
+}
+
 /// Lines as files `<dir>/<line>` holding `0` or `1`: a test sets inputs by writing them
 /// and reads outputs back.
 struct Mock {
@@ -209,5 +248,44 @@ impl GpioBackend for Rppal {
             pin.set_low();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_level_counts_only_after_holding_for_the_debounce_period() {
+        let mut d = Debounce::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let period = Duration::from_millis(50);
+        assert_eq!(
+            d.feed(false, ms(0), period),
+            Some(false),
+            "the first reading counts"
+        );
+        assert_eq!(
+            d.feed(true, ms(10), period),
+            Some(false),
+            "a new level, not yet"
+        );
+        assert_eq!(
+            d.feed(false, ms(20), period),
+            Some(false),
+            "it bounced back"
+        );
+        assert_eq!(d.feed(true, ms(30), period), Some(false));
+        assert_eq!(d.feed(true, ms(70), period), Some(false), "40 ms is not 50");
+        assert_eq!(d.feed(true, ms(80), period), Some(true), "held 50 ms");
+        let mut instant = Debounce::default();
+        instant.feed(false, ms(0), Duration::ZERO);
+        assert_eq!(
+            instant.feed(true, ms(1), Duration::ZERO),
+            Some(true),
+            "no debounce"
+        );
     }
 }

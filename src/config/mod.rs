@@ -349,6 +349,31 @@ impl Checker {
         self.base.join(&text.value)
     }
 
+    /// One of a few words (`none | even | odd`); a problem naming them all otherwise.
+    fn choice<T: Copy>(
+        &mut self,
+        path: &str,
+        text: &Option<Text>,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(t) = text else {
+            return default;
+        };
+        match choices.iter().find(|(word, _)| *word == t.value) {
+            Some((_, value)) => *value,
+            None => {
+                let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
+                self.problem(
+                    path,
+                    Some(t.referenced.line()),
+                    format!("{:?} is not one of {}", t.value, words.join(", ")),
+                );
+                default
+            }
+        }
+    }
+
     fn duration(&mut self, path: &str, text: &Option<Text>, default: Duration) -> Duration {
         match text {
             None => default,
@@ -782,33 +807,26 @@ impl Checker {
                             1,
                         ) as usize
                     });
-                    let parity = match d.parity.as_ref().map(|t| (t.value.as_str(), t)) {
-                        None | Some(("none", _)) => Parity::None,
-                        Some(("even", _)) => Parity::Even,
-                        Some(("odd", _)) => Parity::Odd,
-                        Some((other, t)) => {
-                            self.problem(
-                                &format!("{path}.parity"),
-                                Some(t.referenced.line()),
-                                format!("{other:?} is not none, even or odd"),
-                            );
-                            Parity::None
-                        }
-                    };
-                    let flow_control = match d.flow_control.as_ref().map(|t| (t.value.as_str(), t))
-                    {
-                        None | Some(("none", _)) => FlowControl::None,
-                        Some(("software", _)) => FlowControl::Software,
-                        Some(("hardware", _)) => FlowControl::Hardware,
-                        Some((other, t)) => {
-                            self.problem(
-                                &format!("{path}.flow_control"),
-                                Some(t.referenced.line()),
-                                format!("{other:?} is not none, software or hardware"),
-                            );
-                            FlowControl::None
-                        }
-                    };
+                    let parity = self.choice(
+                        &format!("{path}.parity"),
+                        &d.parity,
+                        &[
+                            ("none", Parity::None),
+                            ("even", Parity::Even),
+                            ("odd", Parity::Odd),
+                        ],
+                        Parity::None,
+                    );
+                    let flow_control = self.choice(
+                        &format!("{path}.flow_control"),
+                        &d.flow_control,
+                        &[
+                            ("none", FlowControl::None),
+                            ("software", FlowControl::Software),
+                            ("hardware", FlowControl::Hardware),
+                        ],
+                        FlowControl::None,
+                    );
                     let data_bits =
                         self.number(&format!("{path}.data_bits"), &d.data_bits, 5..=8, 8) as u8;
                     let stop_bits =
@@ -966,18 +984,12 @@ impl Checker {
                         Duration::from_secs(60),
                     )
                 });
-                let raw_payload = match p.payload.as_ref().map(|t| (t.value.as_str(), t)) {
-                    None | Some(("json", _)) => false,
-                    Some(("raw", _)) => true,
-                    Some((other, t)) => {
-                        self.problem(
-                            &format!("{ppath}.payload"),
-                            Some(t.referenced.line()),
-                            format!("{other:?} is not json or raw"),
-                        );
-                        false
-                    }
-                };
+                let raw_payload = self.choice(
+                    &format!("{ppath}.payload"),
+                    &p.payload,
+                    &[("json", false), ("raw", true)],
+                    false,
+                );
                 points.push(Point {
                     id: p.id.value.clone(),
                     sim,
@@ -1030,18 +1042,12 @@ impl Checker {
             );
             return None;
         };
-        let output = match p.direction.as_ref().map(|d| d.value.as_str()) {
-            None | Some("input") => false,
-            Some("output") => true,
-            Some(other) => {
-                self.problem(
-                    &format!("{path}.direction"),
-                    line_no,
-                    format!("{other:?} is not input or output"),
-                );
-                false
-            }
-        };
+        let output = self.choice(
+            &format!("{path}.direction"),
+            &p.direction,
+            &[("input", false), ("output", true)],
+            false,
+        );
         if p.writable != output {
             self.problem(
                 &format!("{path}.writable"),
@@ -1049,31 +1055,18 @@ impl Checker {
                 "a gpio point is writable exactly when its direction is output",
             );
         }
-        let pull = match p.pull.as_ref().map(|d| d.value.as_str()) {
-            None | Some("none") => None,
-            Some("up") => Some(true),
-            Some("down") => Some(false),
-            Some(other) => {
-                self.problem(
-                    &format!("{path}.pull"),
-                    line_no,
-                    format!("{other:?} is not up, down or none"),
-                );
-                None
-            }
-        };
-        let initial = match p.initial.as_ref().map(|d| d.value.as_str()) {
-            None | Some("low") => false,
-            Some("high") => true,
-            Some(other) => {
-                self.problem(
-                    &format!("{path}.initial"),
-                    line_no,
-                    format!("{other:?} is not low or high"),
-                );
-                false
-            }
-        };
+        let pull = self.choice(
+            &format!("{path}.pull"),
+            &p.pull,
+            &[("none", None), ("up", Some(true)), ("down", Some(false))],
+            None,
+        );
+        let initial = self.choice(
+            &format!("{path}.initial"),
+            &p.initial,
+            &[("low", false), ("high", true)],
+            false,
+        );
         let debounce = self.duration(&format!("{path}.debounce"), &p.debounce, Duration::ZERO);
         Some(GpioLine {
             line: u32::try_from(line.value).unwrap_or(u32::MAX),

@@ -3,24 +3,26 @@
 //! mosquitto's clients and paho-mqtt over WebSocket.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{TempDir, require_peers, run_program, run_python};
+use crate::support::{KillOnDrop, TempDir, require_peers, run_program, run_python};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The broker as a process; returns it and its bound ports in listener order (from the
 /// `-v` lines on stderr).
-fn start(config: &std::path::Path, listeners: usize) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+fn start(config: &std::path::Path, listeners: usize) -> (KillOnDrop, Vec<String>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
         .args(["broker", "-v", "-c"])
         .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("fieldgate broker starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+    // Owned by the guard at once: a failed read below must not leave it running.
+    let mut child = KillOnDrop(child);
+    let mut lines = BufReader::new(child.0.stderr.take().expect("piped")).lines();
     let ports = (0..listeners)
         .map(|_| {
             let line = lines.next().expect("a listening line").expect("stderr");
@@ -32,15 +34,6 @@ fn start(config: &std::path::Path, listeners: usize) -> (Child, Vec<String>) {
         })
         .collect();
     (child, ports)
-}
-
-struct Stop(Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -76,8 +69,7 @@ fn a_configured_broker_checks_passwords_and_the_acl_and_serves_websocket_clients
         "broker:\n  listeners:\n    - bind: 127.0.0.1:0\n    - bind: 127.0.0.1:0\n      websocket: true\n  allow_anonymous: false\n  password_file: passwd\n  acl_file: acl\n",
     )
     .unwrap();
-    let (child, ports) = start(&config, 2);
-    let _stop = Stop(child);
+    let (_broker, ports) = start(&config, 2);
     let (tcp, ws) = (&ports[0], &ports[1]);
 
     // Wrong password and no credentials: refused with a clear return code.

@@ -13,7 +13,9 @@ use fieldgate::mqtt::broker::{Broker, BrokerConfig, BrokerError, ListenerConfig,
 
 use crate::support::broker::TestBroker;
 use crate::support::tls::TestPki;
-use crate::support::{TempDir, require_peer, run_program, wait_child_output, wait_until};
+use crate::support::{
+    KillOnDrop, TempDir, require_peer, run_program, wait_child_output, wait_until,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -254,8 +256,8 @@ fn retained_messages_and_queued_messages_survive_a_broker_restart() {
 }
 
 /// `fieldgate broker -p 0 -v --state-dir DIR`: returns the process and its port.
-fn broker_process(dir: &TempDir) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+fn broker_process(dir: &TempDir) -> (KillOnDrop, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
         .args([
             "broker",
             "-p",
@@ -270,7 +272,9 @@ fn broker_process(dir: &TempDir) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("fieldgate broker starts");
-    let stderr = child.stderr.take().expect("piped");
+    // Owned by the guard at once: a failed read below must not leave it running.
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().expect("piped");
     let mut lines = BufReader::new(stderr).lines();
     let line = lines
         .next()
@@ -300,12 +304,10 @@ fn what_was_acknowledged_before_a_kill_9_reaches_the_persistent_subscriber() {
     publish_while_away(&port);
     // SIGKILL: no shutdown code runs. The default fsync policy (interval) still has every
     // acknowledged message written to the journal before PUBACK.
-    broker.kill().expect("kill -9");
-    broker.wait().expect("reaped");
-    let (mut broker, port) = broker_process(&dir);
+    broker.0.kill().expect("kill -9");
+    broker.0.wait().expect("reaped");
+    let (_broker, port) = broker_process(&dir);
     collect_after_restart(&port);
-    broker.kill().expect("stop");
-    broker.wait().expect("reaped");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{TempDir, require_peer, run_program, wait_child_output};
+use crate::support::{KillOnDrop, TempDir, require_peer, run_program, wait_child_output};
 
 const CONFIG: &str = "\
 gateway:
@@ -38,33 +38,26 @@ devices:
         retain: true
 ";
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `fieldgate run -c FILE` on [`CONFIG`]; returns it and its broker's port.
-fn start(dir: &TempDir) -> (Running, String) {
+fn start(dir: &TempDir) -> (KillOnDrop, String) {
     start_with(dir, CONFIG)
 }
 
 /// Starts `fieldgate run -c FILE` on `config`; returns it and its broker's port (from
 /// the `broker listening on ADDR` line it prints).
-fn start_with(dir: &TempDir, config: &str) -> (Running, String) {
+fn start_with(dir: &TempDir, config: &str) -> (KillOnDrop, String) {
     let file = dir.path().join("fieldgate.yaml");
     std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
         .args(["run", "-c"])
         .arg(&file)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("fieldgate run starts");
-    let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+    // Owned by the guard at once: a failed assertion below must not leave it running.
+    let mut running = KillOnDrop(child);
+    let mut stderr = BufReader::new(running.0.stderr.take().expect("piped")).lines();
     // Devices may report (e.g. a missing GPIO chip) before the listening line.
     let line = stderr
         .by_ref()
@@ -83,7 +76,7 @@ fn start_with(dir: &TempDir, config: &str) -> (Running, String) {
         port.parse::<u16>().is_ok(),
         "unexpected first line {line:?}"
     );
-    (Running(child), port)
+    (running, port)
 }
 
 /// The first `count` messages on `filter` (mosquitto_sub -v), within 10 s.

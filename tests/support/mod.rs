@@ -132,6 +132,17 @@ pub fn run_python_with_timeout(script: &str, args: &[&str], timeout: Duration) -
 /// passes, and returns its output. On expiry the child is killed and the helper panics
 /// with what the child printed. Output is drained by threads so a chatty child never
 /// blocks on a full pipe.
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that a failing
+/// test leaves nothing running behind it.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `program` with `args` to its end (at most [`PEER_TIMEOUT`]), output captured.
 pub fn run_program(program: &str, args: &[&str]) -> Output {
     let mut command = Command::new(program);

@@ -450,6 +450,16 @@ pub fn paho(port: u16, script: &str) -> BTreeMap<String, String> {
     observations(&stdout)
 }
 
+/// Runs a paho script (after `PAHO_PRELUDE`) against a broker of its own with
+/// [`quiet_config`]; `None` when paho-mqtt is not installed (the test then skips).
+pub fn paho_on_own_broker(script: &str) -> Option<BTreeMap<String, String>> {
+    if !support::require_peer("paho-mqtt") {
+        return None;
+    }
+    let broker = TestBroker::start_with(quiet_config());
+    Some(paho(broker.port(), script))
+}
+
 /// Starts a paho script (after `PAHO_PRELUDE`) that keeps running, e.g. to be killed.
 pub fn paho_spawn(port: u16, script: &str) -> Child {
     let python = support::python().expect("the test venv's python");

@@ -189,6 +189,18 @@ fn persistent_broker(dir: &TempDir) -> TestBroker {
     })
 }
 
+/// A persistent broker in a fresh state directory where `keeper` has a persistent
+/// subscription and two QoS 1 messages and a retained one were published while it was
+/// away.
+fn broker_with_queued_messages(name: &str) -> (TempDir, TestBroker, String) {
+    let dir = TempDir::new(name);
+    let broker = persistent_broker(&dir);
+    let port = broker.port().to_string();
+    leave_persistent_subscription(&port);
+    publish_while_away(&port);
+    (dir, broker, port)
+}
+
 /// Subscribes `keeper` with a persistent session and leaves (`-E`: exit after SUBACK).
 fn leave_persistent_subscription(port: &str) {
     let sub = run_program(
@@ -245,11 +257,7 @@ fn retained_messages_and_queued_messages_survive_a_broker_restart() {
     if !require_peer("mosquitto_sub") {
         return;
     }
-    let dir = TempDir::new("broker-state");
-    let broker = persistent_broker(&dir);
-    let port = broker.port().to_string();
-    leave_persistent_subscription(&port);
-    publish_while_away(&port);
+    let (dir, broker, _port) = broker_with_queued_messages("broker-state");
     broker.shutdown();
     let broker = persistent_broker(&dir);
     collect_after_restart(&broker.port().to_string());
@@ -315,11 +323,7 @@ fn a_clean_start_discards_the_persisted_session() {
     if !require_peer("mosquitto_sub") {
         return;
     }
-    let dir = TempDir::new("broker-clean");
-    let broker = persistent_broker(&dir);
-    let port = broker.port().to_string();
-    leave_persistent_subscription(&port);
-    publish_while_away(&port);
+    let (dir, broker, port) = broker_with_queued_messages("broker-clean");
     // A clean session ends the stored one: nothing queued, and no subscription left.
     let clean = run_program(
         "mosquitto_sub",

@@ -11,8 +11,8 @@ use std::time::Duration;
 use fieldgate::mqtt::packet::{Packet, ProtocolVersion, PubResponse, QoS, ReasonCode};
 
 use crate::broker_conformance::{
-    DEADLINE, Raw, connect, get, paho, paho_spawn, publish, quiet_config, v5, v311,
-    wait_for_connected,
+    DEADLINE, Raw, connect, get, paho, paho_on_own_broker, paho_spawn, publish, quiet_config, v5,
+    v311, wait_for_connected,
 };
 use crate::broker_v5::no_subscribe_config;
 use crate::support::{self, broker::TestBroker};
@@ -91,12 +91,7 @@ for cl in (a, b, c, o, d, u):
 
 #[test]
 fn paho_3_1_1_persistent_sessions_keep_qos_1_and_2_messages_and_a_clean_session_drops_them() {
-    if !support::require_peer("paho-mqtt") {
-        return;
-    }
-    let broker = TestBroker::start_with(quiet_config());
-    let obs = paho(
-        broker.port(),
+    let Some(obs) = paho_on_own_broker(
         r#"
 # client_test.py test_offline_message_queueing.
 a = connect("p3-away", v5=False, clean=False)
@@ -125,7 +120,9 @@ obs("after_clean_got", [m[1] for m in c.msgs])
 stop(c)
 stop(b)
 "#,
-    );
+    ) else {
+        return;
+    };
     assert_eq!(get(&obs, "present"), "True");
     assert_eq!(
         get(&obs, "queued"),

@@ -22,9 +22,10 @@ use fieldgate::mqtt::session::server::ServerConfig;
 use fieldgate::mqtt::topic::{TopicFilter, TopicName};
 
 use crate::broker_conformance::{
-    DEADLINE, Raw, get, paho, pid, publish, quiet_config, string, v5, wait_for_connected,
+    DEADLINE, Raw, get, paho_on_own_broker, pid, publish, quiet_config, string, v5,
+    wait_for_connected,
 };
-use crate::support::{self, broker::TestBroker, wait_until};
+use crate::support::{broker::TestBroker, wait_until};
 
 fn subscribe_with(
     id: u16,
@@ -799,12 +800,7 @@ fn a_refused_subscription_hears_0x80_as_the_paho_suite_expects_and_a_refused_pub
 
 #[test]
 fn paho_v5_sees_properties_passed_through_and_subscription_options_applied() {
-    if !support::require_peer("paho-mqtt") {
-        return;
-    }
-    let broker = TestBroker::start_with(quiet_config());
-    let obs = paho(
-        broker.port(),
+    let Some(obs) = paho_on_own_broker(
         r#"
 a = connect("paho5-a")
 b = connect("paho5-b")
@@ -857,7 +853,9 @@ obs("rr", (resp.msgs[0][1], req.msgs[0][1], req.msgs[0][4].CorrelationData, len(
 for cl in (a, b, c, req, resp):
     stop(cl)
 "#,
-    );
+    ) else {
+        return;
+    };
     for q in 0..3 {
         assert_eq!(
             get(&obs, &format!("props{q}")),
@@ -885,12 +883,7 @@ for cl in (a, b, c, req, resp):
 
 #[test]
 fn paho_v5_gets_server_topic_aliases_and_may_use_its_own() {
-    if !support::require_peer("paho-mqtt") {
-        return;
-    }
-    let broker = TestBroker::start_with(quiet_config());
-    let obs = paho(
-        broker.port(),
+    let Some(obs) = paho_on_own_broker(
         r#"
 # client_test5 test_server_topic_alias: announce a maximum of 1, get aliases back.
 a = connect("paho5-alias", properties=props("CONNECT", TopicAliasMaximum=1))
@@ -917,7 +910,9 @@ obs("client", [(m[0], m[1]) for m in c.msgs])
 stop(c)
 stop(n)
 "#,
-    );
+    ) else {
+        return;
+    };
     assert_eq!(
         get(&obs, "server"),
         "[('p5/alias', 1), ('', 1), ('', 1)]",
@@ -935,12 +930,7 @@ stop(n)
 
 #[test]
 fn paho_v5_shared_subscription_members_each_get_a_part_and_together_all() {
-    if !support::require_peer("paho-mqtt") {
-        return;
-    }
-    let broker = TestBroker::start_with(quiet_config());
-    let obs = paho(
-        broker.port(),
+    let Some(obs) = paho_on_own_broker(
         r#"
 a = connect("paho5-share-a")
 b = connect("paho5-share-b")
@@ -963,7 +953,9 @@ obs("retained_to_members", [m for m in a.msgs + b.msgs if m[1] == b"retained bef
 for c in (a, b, watch, pub):
     stop(c)
 "#,
-    );
+    ) else {
+        return;
+    };
     assert_eq!(
         get(&obs, "all_once"),
         "True",
@@ -983,12 +975,7 @@ for c in (a, b, watch, pub):
 
 #[test]
 fn paho_v5_with_receive_maximum_2_and_manual_acks_gets_two_messages_until_it_acknowledges() {
-    if !support::require_peer("paho-mqtt") {
-        return;
-    }
-    let broker = TestBroker::start_with(quiet_config());
-    let obs = paho(
-        broker.port(),
+    let Some(obs) = paho_on_own_broker(
         r#"
 # client_test5 test_flow_control1, with a real client holding its acknowledgements back.
 slow = connect("paho5-slow", properties=props("CONNECT", ReceiveMaximum=2), manual_ack=True)
@@ -1011,7 +998,9 @@ obs("all", [m[1] for m in slow.msgs])
 stop(slow)
 stop(src)
 "#,
-    );
+    ) else {
+        return;
+    };
     assert_eq!(get(&obs, "held"), "[b'0', b'1']");
     assert_eq!(get(&obs, "after_one_ack"), "[b'0', b'1', b'2']");
     assert_eq!(get(&obs, "all"), "[b'0', b'1', b'2', b'3']");

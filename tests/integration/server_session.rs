@@ -136,14 +136,7 @@ fn silence_for_one_and_a_half_keep_alives_closes_the_connection() {
 
 #[test]
 fn keep_alive_zero_never_times_out_and_a_maximum_is_announced_to_v5() {
-    let t0 = Instant::now();
-    let mut s = session(ServerConfig::default());
-    s.accept(
-        &connect(V5, 0, ConnectProperties::default()),
-        false,
-        None,
-        t0,
-    );
+    let (s, t0) = connected(V5, ConnectProperties::default());
     assert_eq!(s.poll_timeout(), None);
     let config = ServerConfig {
         max_keep_alive: 30,
@@ -455,14 +448,7 @@ fn a_normal_disconnect_discards_the_will_and_0x04_asks_for_it() {
 
 #[test]
 fn raising_the_session_expiry_from_zero_at_disconnect_is_a_protocol_error() {
-    let t0 = Instant::now();
-    let mut s = session(ServerConfig::default());
-    s.accept(
-        &connect(V5, 0, ConnectProperties::default()),
-        false,
-        None,
-        t0,
-    );
+    let (mut s, t0) = connected(V5, ConnectProperties::default());
     s.handle_packet(
         Packet::Disconnect(Disconnect {
             reason_code: ReasonCode::NORMAL_DISCONNECTION,

@@ -46,15 +46,6 @@ pub enum Offer {
     Full(Outgoing),
 }
 
-/// Why a message was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The mailbox is at its message or byte limit.
-    Full,
-    /// QoS 0 for a client that is not connected.
-    Offline,
-}
-
 #[derive(Debug, Default)]
 struct Inbox {
     queue: VecDeque<Outgoing>,
@@ -100,31 +91,6 @@ impl Mailbox {
         // A panic while holding this lock cannot leave the queue half-changed (each
         // critical section is one push or pop), so a poisoned lock is still usable.
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues a message for the client, or drops it and counts it in
-    /// [`Self::dropped`] (and the caller counts it broker-wide).
-    pub fn push(&self, outgoing: Outgoing) -> Result<(), Refused> {
-        let size = size_of(&outgoing);
-        {
-            let mut inbox = self.lock();
-            if !inbox.online && outgoing.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
-                drop(inbox);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return Err(Refused::Offline);
-            }
-            if inbox.queue.len() >= self.limits.max_messages
-                || inbox.bytes + size > self.limits.max_bytes
-            {
-                drop(inbox);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return Err(Refused::Full);
-            }
-            inbox.bytes += size;
-            inbox.queue.push_back(outgoing);
-        }
-        self.arrived.notify_one();
-        Ok(())
     }
 
     /// Queues a message for a connected client, hands it back when the mailbox is full

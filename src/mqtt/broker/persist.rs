@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -280,10 +280,26 @@ impl Journal {
     /// shutdown). Records sent later are lost.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        let journal = self.clone();
-        let sent = tokio::task::spawn_blocking(move || journal.tx.send(Command::Close(tx))).await;
-        if matches!(sent, Ok(Ok(()))) {
+        if self.send_async(Command::Close(tx)).await {
             let _ = rx.await;
+        }
+    }
+
+    /// Sends a command from async code; false if the writer is gone. A full channel is
+    /// waited on from a blocking thread, never a runtime worker; the usual case (room)
+    /// costs no thread hop, which matters because every acknowledged message to a
+    /// persistent session comes through here.
+    async fn send_async(&self, command: Command) -> bool {
+        match self.tx.try_send(command) {
+            Ok(()) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(command)) => {
+                let tx = self.tx.clone();
+                matches!(
+                    tokio::task::spawn_blocking(move || tx.send(command)).await,
+                    Ok(Ok(()))
+                )
+            }
         }
     }
 
@@ -294,10 +310,7 @@ impl Journal {
     /// Cancel safe: dropping the future only drops the answer.
     pub async fn durable(&self) {
         let (tx, rx) = oneshot::channel();
-        let journal = self.clone();
-        // `send` may block on a full channel: not on a runtime worker.
-        let sent = tokio::task::spawn_blocking(move || journal.tx.send(Command::Sync(tx))).await;
-        if matches!(sent, Ok(Ok(()))) {
+        if self.send_async(Command::Sync(tx)).await {
             let _ = rx.await;
         }
     }
@@ -876,13 +889,6 @@ fn decode_record(body: &[u8]) -> Option<Record> {
         FINISHED => Record::Finished(b.client()?, b.u64()?),
         _ => return None,
     })
-}
-
-/// Reads a whole journal file (for tests and tools).
-pub fn read_journal(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    File::open(dir.join(JOURNAL))?.read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 #[cfg(test)]

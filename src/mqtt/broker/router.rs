@@ -333,12 +333,6 @@ impl Router {
         found.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
         found
     }
-
-    /// Every retained message (for persistence).
-    pub fn retained_all(&self) -> Vec<Arc<Message>> {
-        let retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
-        retained.values().cloned().collect()
-    }
 }
 
 fn target<'a>(key: &'a Arc<str>, subscriber: &'a Subscriber, qos: QoS) -> Target<'a> {

@@ -382,14 +382,6 @@ impl Sessions {
         entry.pending_will = Some(Arc::clone(&signal));
         Some(signal)
     }
-
-    /// True while `generation` still holds or parks the session of `client_id` (the
-    /// client has not connected again since).
-    pub fn is_current(&self, client_id: &str, generation: u64) -> bool {
-        self.lock()
-            .get(client_id)
-            .is_some_and(|e| e.generation == generation)
-    }
 }
 
 /// Drops a session's subscriptions from the router and its queued messages.

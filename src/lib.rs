@@ -6,5 +6,6 @@ pub mod app;
 pub mod bridge;
 pub mod config;
 pub mod devices;
+pub mod modbus;
 pub mod mqtt;
 pub mod observe;

@@ -401,7 +401,7 @@ async fn run_sim_device(
             _ = ticks.tick() => {
                 let now = Instant::now();
                 for (point, value) in sim.read(started.elapsed()) {
-                    if reports.due(&sim, &point, value, now) {
+                    if reports.due(&sim, &point, &value, now) {
                         publish_reading(&clients, &base, &sim, &point, value).await;
                     }
                 }
@@ -409,13 +409,13 @@ async fn run_sim_device(
             Some(cmd) = commands_rx.recv() => {
                 let outcome = match &cmd.command {
                     Ok(command) => too_old(&sim, &cmd.point, command)
-                        .map_or_else(|| sim.write(&cmd.point, command.value).map_err(|e| e.to_string()), Err),
+                        .map_or_else(|| sim.write(&cmd.point, command.value.clone()).map_err(|e| e.to_string()), Err),
                     Err(e) => Err(e.to_string()),
                 };
-                if let Ok(value) = outcome {
+                if let Ok(value) = &outcome {
                     // The new state goes out at once, not at the next poll.
-                    reports.sent(&cmd.point, value, Instant::now());
-                    publish_reading(&clients, &base, &sim, &cmd.point, value).await;
+                    reports.sent(&cmd.point, value.clone(), Instant::now());
+                    publish_reading(&clients, &base, &sim, &cmd.point, value.clone()).await;
                 }
                 answer(&base, &cmd, outcome).await;
             }
@@ -498,7 +498,7 @@ async fn run_serial_device(
                             Ok(Some(line)) => {
                                 let now = Instant::now();
                                 for (point, value) in parser.parse(&line, &device.points) {
-                                    if reports.due(&device, &point, value, now) {
+                                    if reports.due(&device, &point, &value, now) {
                                         publish_reading(&clients, &base, &device, &point, value).await;
                                     }
                                 }
@@ -513,10 +513,10 @@ async fn run_serial_device(
                                     Some(old) => Err(old),
                                     None => match Points::point(&device, &cmd.point) {
                                         None => Err(crate::devices::WriteError::UnknownPoint(cmd.point.clone()).to_string()),
-                                        Some(point) => match crate::devices::serial::write_line(point, command.value) {
+                                        Some(point) => match crate::devices::serial::write_line(point, &command.value) {
                                             Err(e) => Err(e.to_string()),
                                             Ok(line) => match writer.write_all(line.as_bytes()).await {
-                                                Ok(()) => Ok(command.value),
+                                                Ok(()) => Ok(command.value.clone()),
                                                 Err(e) => Err(format!("cannot write to the port: {e}")),
                                             },
                                         },
@@ -679,7 +679,7 @@ async fn run_gpio_device(
                                         };
                                         let Some(level) = level else { continue };
                                         let value = Value::Bool(level);
-                                        if reports.due(&device, &point.id, value, now) {
+                                        if reports.due(&device, &point.id, &value, now) {
                                             publish_reading(&clients, &base, &device, &point.id, value).await;
                                         }
                                     }
@@ -689,9 +689,9 @@ async fn run_gpio_device(
                         }
                         Some(cmd) = commands_rx.recv() => {
                             let outcome = gpio_write(&device, backend.as_mut(), &cmd);
-                            if let Ok(value) = outcome {
-                                reports.sent(&cmd.point, value, Instant::now());
-                                publish_reading(&clients, &base, &device, &cmd.point, value).await;
+                            if let Ok(value) = &outcome {
+                                reports.sent(&cmd.point, value.clone(), Instant::now());
+                                publish_reading(&clients, &base, &device, &cmd.point, value.clone()).await;
                             }
                             answer(&base, &cmd, outcome).await;
                         }
@@ -730,10 +730,10 @@ fn gpio_write(
         .gpio
         .filter(|l| l.output)
         .ok_or_else(|| crate::devices::WriteError::NotWritable(cmd.point.clone()).to_string())?;
-    let high = match command.value {
-        Value::Bool(b) => b,
-        Value::Number(n) if n == 0.0 || n == 1.0 => n == 1.0,
-        Value::Number(_) => {
+    let high = match &command.value {
+        Value::Bool(b) => *b,
+        Value::Number(n) if *n == 0.0 || *n == 1.0 => *n == 1.0,
+        Value::Number(_) | Value::Text(_) => {
             return Err(crate::devices::WriteError::WrongType {
                 point: cmd.point.clone(),
                 expected: "on/off, true/false or 1/0",
@@ -786,14 +786,14 @@ struct Reports {
 
 impl Reports {
     /// True if `value` should be published now; records it if so.
-    fn due(&mut self, points: &impl Points, point: &str, value: Value, now: Instant) -> bool {
+    fn due(&mut self, points: &impl Points, point: &str, value: &Value, now: Instant) -> bool {
         let Some(config) = points.point(point) else {
             return false;
         };
         let due = match (config.deadband, self.last.get(point)) {
             (None, _) | (_, None) => true,
             (Some(deadband), Some((last, at))) => {
-                let moved = match (value, *last) {
+                let moved = match (value, last) {
                     (Value::Number(v), Value::Number(l)) => (v - l).abs() > deadband,
                     (v, l) => v != l,
                 };
@@ -804,7 +804,7 @@ impl Reports {
             }
         };
         if due {
-            self.sent(point, value, now);
+            self.sent(point, value.clone(), now);
         }
         due
     }
@@ -872,28 +872,28 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert!(
-            reports.due(&sim, "level", Value::Number(1.0), at(0)),
+            reports.due(&sim, "level", &Value::Number(1.0), at(0)),
             "first reading"
         );
         assert!(
-            !reports.due(&sim, "level", Value::Number(1.4), at(1)),
+            !reports.due(&sim, "level", &Value::Number(1.4), at(1)),
             "within the deadband"
         );
         assert!(
-            reports.due(&sim, "level", Value::Number(1.6), at(2)),
+            reports.due(&sim, "level", &Value::Number(1.6), at(2)),
             "moved by more"
         );
         assert!(
-            !reports.due(&sim, "level", Value::Number(1.6), at(11)),
+            !reports.due(&sim, "level", &Value::Number(1.6), at(11)),
             "heartbeat not yet"
         );
         assert!(
-            reports.due(&sim, "level", Value::Number(1.6), at(12)),
+            reports.due(&sim, "level", &Value::Number(1.6), at(12)),
             "heartbeat"
         );
-        assert!(reports.due(&sim, "plain", Value::Number(0.0), at(0)));
+        assert!(reports.due(&sim, "plain", &Value::Number(0.0), at(0)));
         assert!(
-            reports.due(&sim, "plain", Value::Number(0.0), at(0)),
+            reports.due(&sim, "plain", &Value::Number(0.0), at(0)),
             "no deadband: always"
         );
     }

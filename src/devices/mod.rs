@@ -7,10 +7,12 @@ pub mod serial;
 pub mod sim;
 
 /// A point's value.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Bool(bool),
     Number(f64),
+    /// Text read from a device (a Modbus `string(len)` point: a serial number, a model).
+    Text(String),
 }
 
 impl Value {
@@ -28,9 +30,10 @@ impl Value {
         }
     }
 
-    pub fn to_json(self) -> serde_json::Value {
-        match self {
+    pub fn to_json(&self) -> serde_json::Value {
+        match *self {
             Value::Bool(b) => serde_json::Value::Bool(b),
+            Value::Text(ref text) => serde_json::Value::String(text.clone()),
             // A whole number reads as one (`3`, not `3.0`), as people expect of counters.
             Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
                 serde_json::Value::Number((n as i64).into())
@@ -46,6 +49,7 @@ impl std::fmt::Display for Value {
         match self {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Number(n) => write!(f, "{n}"),
+            Value::Text(text) => f.write_str(text),
         }
     }
 }

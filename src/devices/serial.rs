@@ -55,7 +55,7 @@ fn by_point(fields: Vec<(String, Value)>, points: &[Point]) -> Vec<(String, Valu
             fields
                 .iter()
                 .find(|(k, _)| *k == p.key)
-                .map(|(_, v)| (p.id.clone(), *v))
+                .map(|(_, v)| (p.id.clone(), v.clone()))
         })
         .collect()
 }
@@ -91,19 +91,20 @@ fn json_value(v: &serde_json::Value) -> Option<Value> {
 }
 
 /// The line that writes `value` to `point` (checked for writability and range).
-pub fn write_line(point: &Point, value: Value) -> Result<String, WriteError> {
+pub fn write_line(point: &Point, value: &Value) -> Result<String, WriteError> {
     if !point.writable {
         return Err(WriteError::NotWritable(point.id.clone()));
     }
-    if let Value::Number(n) = value {
+    if let Value::Number(n) = *value {
         let (min, max) = (point.min.unwrap_or(f64::MIN), point.max.unwrap_or(f64::MAX));
         if !(min..=max).contains(&n) {
             return Err(WriteError::OutOfRange { value: n, min, max });
         }
     }
     let text = match value {
-        Value::Bool(b) => u8::from(b).to_string(),
+        Value::Bool(b) => u8::from(*b).to_string(),
         Value::Number(n) => n.to_string(),
+        Value::Text(text) => text.clone(),
     };
     Ok(format!("{}={text}\n", point.key))
 }
@@ -159,15 +160,15 @@ mod tests {
     fn writes_become_lines_and_are_checked_first() {
         let p = points();
         assert_eq!(
-            write_line(&p[2], Value::Number(40.0)),
+            write_line(&p[2], &Value::Number(40.0)),
             Ok("valve=40\n".to_string())
         );
         assert!(matches!(
-            write_line(&p[2], Value::Number(400.0)),
+            write_line(&p[2], &Value::Number(400.0)),
             Err(WriteError::OutOfRange { .. })
         ));
         assert!(matches!(
-            write_line(&p[0], Value::Number(1.0)),
+            write_line(&p[0], &Value::Number(1.0)),
             Err(WriteError::NotWritable(_))
         ));
     }

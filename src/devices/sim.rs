@@ -30,7 +30,7 @@ impl SimDevice {
     /// Reads every point at `elapsed` since the device started.
     pub fn read(&mut self, elapsed: Duration) -> Vec<(String, Value)> {
         for (point, value) in &mut self.points {
-            *value = match (point.sim, *value) {
+            *value = match (point.sim, value.clone()) {
                 (Some(SimWave::Sine { period }), _) => {
                     let (lo, hi) = (point.min.unwrap_or(0.0), point.max.unwrap_or(1.0));
                     let phase = elapsed.as_secs_f64() / period.as_secs_f64();
@@ -45,7 +45,7 @@ impl SimDevice {
         }
         self.points
             .iter()
-            .map(|(p, v)| (p.id.clone(), *v))
+            .map(|(p, v)| (p.id.clone(), v.clone()))
             .collect()
     }
 
@@ -75,14 +75,14 @@ impl SimDevice {
                 }
                 Value::Number(n)
             }
-            (_, Value::Bool(_)) => {
+            (_, Value::Bool(_) | Value::Text(_)) => {
                 return Err(WriteError::WrongType {
                     point: point.to_string(),
                     expected: "a number",
                 });
             }
         };
-        *current = value;
+        *current = value.clone();
         Ok(value)
     }
 

@@ -16,7 +16,9 @@ pub enum DataType {
     F32,
     F64,
     /// `len` bytes of ASCII/UTF-8, two per register, NULs and trailing spaces trimmed.
-    String { len: u16 },
+    String {
+        len: u16,
+    },
     /// A whole register as 16 booleans (published as a number, bit 0 least significant).
     Bits,
 }

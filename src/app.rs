@@ -8,6 +8,8 @@
 //! `.../set/result` their results; `<prefix>/availability` and
 //! `<prefix>/<device>/availability`, retained `online`/`offline`.
 
+mod modbus;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,6 +42,8 @@ pub enum AppError {
     Client(String),
     #[error("{0:?} is not a valid topic")]
     Topic(String),
+    #[error("device on bus {0:?}, which is not configured")]
+    UnknownBus(String),
 }
 
 /// A command for a device task: the point, the parsed command or why its payload is not
@@ -110,6 +114,7 @@ impl Gateway {
         // Commands arrive as client events; each goes to its device's task.
         let mut routes: HashMap<String, mpsc::Sender<DeviceCommand>> = HashMap::new();
         let mut tasks = Vec::new();
+        let buses = modbus::spawn_buses(&config);
         for device in &config.devices {
             let (tx, rx) = mpsc::channel(64);
             routes.insert(device.id.clone(), tx);
@@ -134,6 +139,20 @@ impl Gateway {
                     clients.clone(),
                     rx,
                 )),
+                Source::Modbus(m) => {
+                    // The configuration only names buses that exist.
+                    let Some(bus) = buses.get(&m.bus) else {
+                        return Err(AppError::UnknownBus(m.bus.clone()));
+                    };
+                    tokio::spawn(modbus::run(
+                        device.clone(),
+                        m.clone(),
+                        bus.clone(),
+                        prefix.clone(),
+                        clients.clone(),
+                        rx,
+                    ))
+                }
             };
             tasks.push(task);
         }

@@ -6,6 +6,7 @@
 //!
 //! Sections so far: `gateway` (id, state directory, topic prefix) and `broker`.
 
+mod modbus;
 pub mod raw;
 pub mod units;
 
@@ -33,7 +34,32 @@ pub struct Config {
     pub forward: Vec<Forward>,
     /// Home Assistant discovery prefix, when discovery is on.
     pub discovery_prefix: Option<String>,
+    /// Modbus buses, each shared by the devices that name it.
+    pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
+}
+
+/// A physical link that Modbus devices share; one task owns each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bus {
+    pub id: String,
+    pub link: crate::modbus::bus::BusConfig,
+}
+
+/// A Modbus device: a unit on a bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModbusDevice {
+    /// The `id` of a `buses` entry.
+    pub bus: String,
+    pub unit: u8,
+    /// Bounds each request; after `retries` more attempts the read has failed.
+    pub timeout: Duration,
+    pub retries: u32,
+    /// Points at most this many registers (or bits) apart are read in one request;
+    /// `None` takes the planner's default.
+    pub max_gap: Option<u16>,
+    /// The word and byte order of points that do not give their own.
+    pub order: crate::modbus::value::Order,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +127,8 @@ pub enum Source {
     Serial(SerialPort),
     /// GPIO lines of this board.
     Gpio(GpioChip),
+    /// A unit on a Modbus bus.
+    Modbus(ModbusDevice),
 }
 
 /// Which GPIO backend drives a device's lines.
@@ -198,6 +226,8 @@ pub struct Point {
     pub key: String,
     /// GPIO devices: the point's line.
     pub gpio: Option<GpioLine>,
+    /// Modbus devices: the point's table, address, type, order, scale and offset.
+    pub modbus: Option<crate::modbus::value::Encoding>,
 }
 
 /// A simulated point's behaviour.
@@ -297,7 +327,8 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         .broker
         .as_ref()
         .map(|b| check.broker(b, &gateway.state_dir));
-    let devices = check.devices(&raw.devices);
+    let buses = check.buses(&raw.buses);
+    let devices = check.devices(&raw.devices, &buses);
     let upstream = raw.upstream.as_ref().map(|u| check.upstream(u));
     let forward = check.forward(&raw.forward, upstream.is_some(), broker.is_some());
     let discovery_prefix = raw.homeassistant.as_ref().map(|ha| {
@@ -312,6 +343,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
             upstream,
             forward,
             discovery_prefix,
+            buses,
             devices,
         })
     } else {
@@ -739,7 +771,7 @@ impl Checker {
         ok
     }
 
-    fn devices(&mut self, raw: &[raw::RawDevice]) -> Vec<Device> {
+    fn devices(&mut self, raw: &[raw::RawDevice], buses: &[Bus]) -> Vec<Device> {
         let mut devices = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, d) in raw.iter().enumerate() {
@@ -753,7 +785,28 @@ impl Checker {
                     format!("{:?} is used twice", d.id.value),
                 );
             }
-            let source = match d.source.value.as_str() {
+            // `bus:` makes a Modbus device; `source: modbus` may say so too.
+            let source_word = match (&d.source, &d.bus) {
+                (Some(s), _) => s.value.as_str(),
+                (None, Some(_)) => "modbus",
+                (None, None) => {
+                    self.problem(
+                        &format!("{path}.source"),
+                        line,
+                        "a device needs `source:` (sim, serial, gpio) or `bus:` (Modbus)",
+                    );
+                    continue;
+                }
+            };
+            let source_line = d.source.as_ref().map_or(line, |s| Some(s.referenced.line()));
+            if d.bus.is_some() && source_word != "modbus" {
+                self.problem(
+                    &format!("{path}.bus"),
+                    line,
+                    format!("only modbus devices are on a bus, not {source_word:?} ones"),
+                );
+            }
+            let source = match source_word {
                 "sim" => Source::Sim,
                 "serial" => {
                     let Some(port) = &d.port else {
@@ -873,21 +926,14 @@ impl Checker {
                     );
                     Source::Gpio(GpioChip { backend, chip })
                 }
-                "modbus" => {
-                    self.problem(
-                        &format!("{path}.source"),
-                        Some(d.source.referenced.line()),
-                        format!(
-                            "{:?} devices are not built yet; this build has `sim`",
-                            d.source.value
-                        ),
-                    );
-                    continue;
-                }
+                "modbus" => match self.modbus_device(&path, line, d, buses) {
+                    Some(device) => Source::Modbus(device),
+                    None => continue,
+                },
                 other => {
                     self.problem(
                         &format!("{path}.source"),
-                        Some(d.source.referenced.line()),
+                        source_line,
                         format!(
                             "{other:?} is not a device source; use sim, serial, gpio or modbus"
                         ),
@@ -895,6 +941,9 @@ impl Checker {
                     continue;
                 }
             };
+            if !matches!(source, Source::Modbus(_)) {
+                self.not_modbus_device(&path, line, d);
+            }
             let poll = self.duration(&format!("{path}.poll"), &d.poll, Duration::from_secs(1));
             if poll.is_zero() {
                 self.problem(&format!("{path}.poll"), line, "must be more than 0s");
@@ -918,8 +967,8 @@ impl Checker {
                     Duration::from_secs(60),
                 );
                 let sim = match (&source, p.sim.as_ref().map(|s| s.value.as_str())) {
-                    (Source::Serial(_) | Source::Gpio(_), None) => None,
-                    (Source::Serial(_) | Source::Gpio(_), Some(_)) => {
+                    (Source::Serial(_) | Source::Gpio(_) | Source::Modbus(_), None) => None,
+                    (Source::Serial(_) | Source::Gpio(_) | Source::Modbus(_), Some(_)) => {
                         self.problem(
                             &format!("{ppath}.sim"),
                             pline,
@@ -1009,6 +1058,7 @@ impl Checker {
                         .as_ref()
                         .map_or_else(|| p.id.value.clone(), |k| k.value.clone()),
                     gpio: self.gpio_line(&ppath, &source, p),
+                    modbus: self.modbus_point(&ppath, &source, d, p),
                 });
             }
             devices.push(Device {

@@ -19,8 +19,55 @@ pub struct RawConfig {
     pub forward: Vec<RawForward>,
     /// Home Assistant MQTT discovery (opt-in).
     pub homeassistant: Option<RawHomeAssistant>,
+    /// Physical links shared by devices (Modbus RTU ports, Modbus TCP servers).
+    #[serde(default)]
+    pub buses: Vec<RawBus>,
     #[serde(default)]
     pub devices: Vec<RawDevice>,
+}
+
+/// A Modbus bus: `type: modbus_rtu` (a serial port), `modbus_tcp` or
+/// `modbus_rtu_over_tcp` (RTU frames through a serial device server).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBus {
+    pub id: Text,
+    #[serde(rename = "type")]
+    pub kind: Text,
+    /// RTU: the serial port (`/dev/ttyUSB0`); TCP: the port number (default 502).
+    pub port: Option<Spanned<PortOrPath>>,
+    /// RTU: the port's speed and framing.
+    pub baud: Option<Number>,
+    pub parity: Option<Text>,
+    pub data_bits: Option<Number>,
+    pub stop_bits: Option<Number>,
+    /// RTU: silence kept between frames (default max(3.5 character times, 1.75 ms)).
+    pub inter_frame_delay: Option<Text>,
+    /// RTU: the kernel's RS-485 mode (TIOCSRS485) for transceivers driven by RTS.
+    pub rs485: Option<RawRs485>,
+    /// TCP and RTU over TCP: the server.
+    pub host: Option<Text>,
+    /// TCP: keep the connection open between polls (default true).
+    pub keep_connection: Option<bool>,
+    /// TCP: close a connection unused this long.
+    pub idle_close: Option<Text>,
+}
+
+/// `port:` is a number on a TCP bus and a device path on a serial one.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PortOrPath {
+    Number(u64),
+    Path(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRs485 {
+    /// RTS level while sending: `high` (default) or `low`.
+    pub rts_on_send: Option<Text>,
+    pub delay_before_send: Option<Text>,
+    pub delay_after_send: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,8 +115,19 @@ pub struct RawForward {
 #[serde(deny_unknown_fields)]
 pub struct RawDevice {
     pub id: Text,
-    /// `sim` today; `serial`, `gpio` and Modbus buses come with their issues.
-    pub source: Text,
+    /// `sim`, `serial`, `gpio` or `modbus` (implied by `bus`).
+    pub source: Option<Text>,
+    /// Modbus devices: the bus they are on, their unit (slave) id, how long a request
+    /// may take and how often it is retried, how far apart two points may be and still
+    /// be read in one request, and the default word/byte order of their points.
+    pub bus: Option<Text>,
+    pub unit: Option<Number>,
+    pub timeout: Option<Text>,
+    pub retries: Option<Number>,
+    pub max_gap: Option<Number>,
+    pub word_order: Option<Text>,
+    pub byte_order: Option<Text>,
+    pub order: Option<Text>,
     pub poll: Option<Text>,
     /// Serial devices: the port (`/dev/ttyUSB0`), its speed, and the frame format.
     pub port: Option<Text>,
@@ -134,6 +192,20 @@ pub struct RawPoint {
     pub initial: Option<Text>,
     /// GPIO inputs: a new level counts once it has held this long (contact bounce).
     pub debounce: Option<Text>,
+    /// Modbus points: the table (`coil`, `discrete`, `holding`, `input`), the 0-based
+    /// protocol address, the data type (`u16`, `f32`, `string(8)`, ...), a bit of a
+    /// register, the word and byte order (or `order: ABCD | CDAB | BADC | DCBA`), and
+    /// `value = raw * scale + offset`.
+    pub kind: Option<Text>,
+    pub address: Option<Number>,
+    #[serde(rename = "type")]
+    pub data_type: Option<Text>,
+    pub bit: Option<Number>,
+    pub word_order: Option<Text>,
+    pub byte_order: Option<Text>,
+    pub order: Option<Text>,
+    pub scale: Option<Spanned<f64>>,
+    pub offset: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

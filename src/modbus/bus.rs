@@ -226,8 +226,8 @@ impl BusHandle {
     /// between). Returns exactly `range.count` bits or registers.
     ///
     /// # Cancel safety
-    /// Dropping the future before the request is sent withdraws it; afterwards it may
-    /// still reach the device, its result unseen.
+    /// Dropping the future withdraws the request unless the bus task has already
+    /// started it; then it may still reach the device, its result unseen.
     pub async fn read(
         &self,
         device: &str,
@@ -256,6 +256,7 @@ impl BusHandle {
     /// Whether `unit` is degraded now (its requests fail fast with
     /// [`BusError::Degraded`] until a probe succeeds).
     pub fn is_degraded(&self, unit: u8) -> bool {
+        // 256 flags: every u8 indexes one.
         self.shared.degraded[usize::from(unit)].load(Ordering::Relaxed)
     }
 
@@ -463,8 +464,8 @@ impl<T: Transport> BusTask<T> {
     /// Runs one job's attempts and keeps the unit's health.
     async fn execute(&mut self, job: &Job) -> Result<Reply, BusError> {
         let unit = job.unit.id;
-        let index = usize::from(unit);
-        let health = self.health[index];
+        // `health` has 256 entries: every u8 indexes one.
+        let health = self.health[usize::from(unit)];
         let attempts = match health.gate(Instant::now()) {
             Gate::Skip(retry_in) => {
                 return Err(BusError::Degraded {

@@ -8,7 +8,7 @@
 //! Why the checks: tokio-modbus's RTU client clears only its own buffer before a
 //! request, so a reply that arrives after its request timed out sits in the port and is
 //! taken as the answer to the next request (of the same unit and function code). Here a
-//! [`Line`] discards whatever is waiting before every frame it sends, a timeout is
+//! `Line` discards whatever is waiting before every frame it sends, a timeout is
 //! followed by a wait for a quiet line and a fresh context, a reply followed by another
 //! frame is refused, and a reply must carry what its request asked for (a read of N
 //! registers exactly N registers, a write the echo of its address and value or count).
@@ -334,7 +334,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 /// The lock is only ever taken inside a poll function or a short accessor, never held
 /// across an await, and only one task (the bus's) uses a line.
 #[derive(Clone)]
-pub struct Line {
+struct Line {
     state: Arc<Mutex<LineState>>,
 }
 
@@ -408,6 +408,9 @@ impl Line {
                 let now = Instant::now();
                 let quiet_at = state.quiet_since.max(start) + quiet;
                 if now >= quiet_at {
+                    // Whatever frame was going out when a timeout cut it off is over:
+                    // the next one waits for the gap and discards stale input again.
+                    state.sending = false;
                     let dropped = state.discarded - before;
                     return Poll::Ready(Ok(usize::try_from(dropped).unwrap_or(usize::MAX)));
                 }

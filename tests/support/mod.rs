@@ -21,6 +21,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod broker;
+pub mod modbus;
 pub mod proxy;
 pub mod tls;
 

@@ -21,6 +21,7 @@ mod codec_fixtures;
 mod codec_interop;
 mod codec_roundtrip;
 mod gateway_run;
+mod modbus_bus;
 mod peers;
 mod protocol_core_has_no_io;
 mod server_session;

@@ -657,9 +657,10 @@ async fn wait_offline(
     }
 }
 
-/// GPIO lines: inputs polled and published, outputs set by commands and published. A
-/// board without the chip (or a failing line) makes the device offline, retried with
-/// capped backoff; the rest of the gateway carries on.
+/// GPIO lines: inputs published when they change (edges, after their debounce period)
+/// and at every poll, outputs set by commands and published. A board without the chip
+/// (or a failing line) makes the device offline, retried with capped backoff; the rest of
+/// the gateway carries on.
 async fn run_gpio_device(
     device: Device,
     chip: GpioChip,
@@ -667,11 +668,13 @@ async fn run_gpio_device(
     clients: Vec<Handle>,
     mut commands_rx: mpsc::Receiver<DeviceCommand>,
 ) {
+    use crate::devices::gpio::{Debounce, EdgeDebounce};
     let base = format!("{prefix}/{}", device.id);
     let lines: Vec<crate::config::GpioLine> = device.points.iter().filter_map(|p| p.gpio).collect();
     let mut reports = Reports::default();
     let mut delay = Duration::from_millis(250);
     let mut last_error = String::new();
+    let mut said_no_edges = false;
     availability(&clients, &base, "offline").await;
     loop {
         let failure = match crate::devices::gpio::open(&chip, &lines) {
@@ -682,8 +685,29 @@ async fn run_gpio_device(
                 availability(&clients, &base, "online").await;
                 let mut ticks = tokio::time::interval(device.poll);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut debounce: HashMap<u32, crate::devices::gpio::Debounce> = HashMap::new();
+                let mut debounce: HashMap<u32, Debounce> = HashMap::new();
+                // Edges publish a change once it has settled instead of at the next poll;
+                // without them (or once they stop) the polls alone carry on.
+                let mut edges = if lines.iter().any(|l| !l.output) {
+                    match backend.watch_edges() {
+                        Ok(edges) => Some(edges),
+                        Err(e) => {
+                            if !said_no_edges {
+                                crate::observe::warn(format_args!(
+                                    "fieldgate run: device {}: {e}, every {:?}",
+                                    device.id, device.poll
+                                ));
+                                said_no_edges = true;
+                            }
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let mut settling = EdgeDebounce::default();
                 let failure = 'serve: loop {
+                    let settles_at = settling.next_due();
                     tokio::select! {
                         _ = ticks.tick() => {
                             let now = Instant::now();
@@ -703,6 +727,45 @@ async fn run_gpio_device(
                                         }
                                     }
                                     Err(e) => break 'serve e.to_string(),
+                                }
+                            }
+                        }
+                        edge = next_edge(&mut edges) => match edge {
+                            Some(Ok(edge)) => {
+                                let period = lines
+                                    .iter()
+                                    .find(|l| l.line == edge.line)
+                                    .map_or(Duration::ZERO, |l| l.debounce);
+                                settling.edge(&edge, period);
+                            }
+                            // The watch failed as a read would have: offline, then reopen.
+                            Some(Err(e)) => break 'serve e.to_string(),
+                            None => edges = None,
+                        },
+                        () = sleep_until_settled(settles_at) => {
+                            let now = Instant::now();
+                            for (line, edge_level) in settling.take_due(now) {
+                                let Some(config) = lines.iter().find(|l| l.line == line) else { continue };
+                                // Read back: the level the edges ended at must still be
+                                // there (see `Debounce::confirm`).
+                                let level = match backend.read(line) {
+                                    Ok(level) => level,
+                                    Err(e) => break 'serve e.to_string(),
+                                };
+                                let input = debounce.entry(line).or_default();
+                                let before = input.level();
+                                let after = input.confirm(edge_level, level, now, config.debounce);
+                                // A bounce that ended where it began changes nothing and
+                                // is not published; the polls still report the level.
+                                if after == before {
+                                    continue;
+                                }
+                                let Some(level) = after else { continue };
+                                let value = Value::Bool(level);
+                                for point in device.points.iter().filter(|p| p.gpio.is_some_and(|g| g.line == line && !g.output)) {
+                                    if reports.due(&device, &point.id, &value, now) {
+                                        publish_reading(&clients, &base, &device, &point.id, value.clone()).await;
+                                    }
                                 }
                             }
                         }
@@ -730,6 +793,27 @@ async fn run_gpio_device(
         }
         wait_offline(&base, &mut commands_rx, delay, &last_error).await;
         delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+/// The next input edge of a GPIO device; never, if it has no edges.
+///
+/// # Cancel safety
+/// Cancel safe, as `mpsc::Receiver::recv` is.
+async fn next_edge(
+    edges: &mut Option<crate::devices::gpio::Edges>,
+) -> Option<Result<crate::devices::gpio::Edge, crate::devices::gpio::GpioError>> {
+    match edges {
+        Some(edges) => edges.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until the next GPIO line settles; for ever if none is settling.
+async fn sleep_until_settled(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -566,6 +566,82 @@ fn gpio_inputs_are_published_outputs_follow_commands_and_a_missing_chip_only_tak
     wait_retained(&port, "fieldgate/gw5/availability", "online");
 }
 
+/// Sets a mock GPIO line as a real one changes: at once, never through an empty file.
+fn set_line(lines: &std::path::Path, line: u32, high: bool) {
+    let aside = lines.join(format!(".{line}"));
+    std::fs::write(&aside, if high { "1\n" } else { "0\n" }).unwrap();
+    std::fs::rename(&aside, lines.join(line.to_string())).unwrap();
+}
+
+#[test]
+fn a_gpio_input_edge_is_published_once_debounced_without_waiting_for_the_poll_and_a_bounce_is_not()
+{
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-gpio-edges");
+    let lines = dir.path().join("lines");
+    std::fs::create_dir_all(&lines).unwrap();
+    set_line(&lines, 17, false);
+    set_line(&lines, 18, false);
+    // Polled once at start, then not for an hour: whatever comes later is an edge. QoS 1:
+    // that one poll may run before the gateway's client is connected, and QoS 0 readings
+    // are not kept while it is not; the same QoS for both keeps them in order.
+    let config = format!(
+        "gateway:\n  id: gw7\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\ndevices:\n  - id: io\n    source: gpio\n    backend: mock\n    mock_dir: {}\n    poll: 1h\n    points:\n      - id: door\n        line: 17\n        debounce: 1s\n        payload: raw\n        qos: 1\n      - id: window\n        line: 18\n        debounce: 1s\n        payload: raw\n        qos: 1\n        retain: true\n",
+        lines.display()
+    );
+    let (_gateway, port) = start_with(&dir, &config);
+    wait_retained(&port, "fieldgate/gw7/io/window", "false");
+    // One subscriber sees both points in the order they were published. The window's
+    // retained reading comes first, and says the subscription is in place.
+    let mut watch = KillOnDrop(
+        Command::new("mosquitto_sub")
+            .args(["-p", &port, "-v", "-W", "30"])
+            .args([
+                "-t",
+                "fieldgate/gw7/io/door",
+                "-t",
+                "fieldgate/gw7/io/window",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub starts"),
+    );
+    let mut seen = BufReader::new(watch.0.stdout.take().expect("piped")).lines();
+    let mut next = move || -> String {
+        seen.next()
+            .expect("a message before mosquitto_sub's 30 s timeout")
+            .expect("mosquitto_sub's output")
+    };
+    assert_eq!(next(), "fieldgate/gw7/io/window false");
+
+    // The door opens: published once it has held for its debounce period, long before
+    // the next poll.
+    let opened = std::time::Instant::now();
+    set_line(&lines, 17, true);
+    assert_eq!(next(), "fieldgate/gw7/io/door true");
+    let took = opened.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(6),
+        "published {took:?} after the edge, for a debounce of 1 s"
+    );
+
+    // The door bounces: low and back within its debounce period (a pulse of 100 ms is
+    // the stimulus, not a wait). Then the window opens, an edge that settles after the
+    // door's would have: its reading must be the next message, with no door in between.
+    set_line(&lines, 17, false);
+    std::thread::sleep(Duration::from_millis(100));
+    set_line(&lines, 17, true);
+    set_line(&lines, 18, true);
+    assert_eq!(
+        next(),
+        "fieldgate/gw7/io/window true",
+        "the door's bounce was published"
+    );
+}
+
 #[test]
 fn fixed_length_serial_frames_are_read_with_a_regex_and_the_port_settings_are_applied() {
     if !require_peer("socat") || !require_peer("mosquitto_sub") {

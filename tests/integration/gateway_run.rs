@@ -45,7 +45,7 @@ fn start(dir: &TempDir) -> (KillOnDrop, String) {
 
 /// Starts `fieldgate run -c FILE` on `config`; returns it and its broker's port (from
 /// the `broker listening on ADDR` line it prints).
-fn start_with(dir: &TempDir, config: &str) -> (KillOnDrop, String) {
+pub(crate) fn start_with(dir: &TempDir, config: &str) -> (KillOnDrop, String) {
     let file = dir.path().join("fieldgate.yaml");
     std::fs::write(&file, config).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
@@ -80,7 +80,7 @@ fn start_with(dir: &TempDir, config: &str) -> (KillOnDrop, String) {
 }
 
 /// The first `count` messages on `filter` (mosquitto_sub -v), within 10 s.
-fn receive(port: &str, filters: &[&str], count: usize) -> Vec<String> {
+pub(crate) fn receive(port: &str, filters: &[&str], count: usize) -> Vec<String> {
     let mut args = vec!["-p", port, "-v", "-W", "10"];
     let count = count.to_string();
     args.extend(["-C", &count]);
@@ -96,7 +96,7 @@ fn receive(port: &str, filters: &[&str], count: usize) -> Vec<String> {
 }
 
 /// `mosquitto_pub -q 1` of one message; must succeed.
-fn publish(port: &str, topic: &str, payload: &str) {
+pub(crate) fn publish(port: &str, topic: &str, payload: &str) {
     let out = run_program(
         "mosquitto_pub",
         &["-p", port, "-q", "1", "-t", topic, "-m", payload],
@@ -104,7 +104,7 @@ fn publish(port: &str, topic: &str, payload: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
-fn json(line: &str) -> serde_json::Value {
+pub(crate) fn json(line: &str) -> serde_json::Value {
     let payload = line.split_once(' ').expect("topic payload").1;
     serde_json::from_str(payload).unwrap_or_else(|e| panic!("{line}: {e}"))
 }

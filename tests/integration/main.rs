@@ -20,6 +20,7 @@ mod client_session;
 mod codec_fixtures;
 mod codec_interop;
 mod codec_roundtrip;
+mod gateway_modbus;
 mod gateway_run;
 mod modbus_bus;
 mod peers;

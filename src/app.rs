@@ -113,11 +113,55 @@ impl Gateway {
             .collect();
         // Commands arrive as client events; each goes to its device's task.
         let mut routes: HashMap<String, mpsc::Sender<DeviceCommand>> = HashMap::new();
-        let mut tasks = Vec::new();
-        let buses = modbus::spawn_buses(&config);
+        let mut inboxes = Vec::new();
         for device in &config.devices {
             let (tx, rx) = mpsc::channel(64);
             routes.insert(device.id.clone(), tx);
+            inboxes.push(rx);
+        }
+        let mut tasks = Vec::new();
+        let routes = std::sync::Arc::new(routes);
+        let discovery = config.discovery_prefix.as_ref().map(|discovery_prefix| {
+            let messages: Vec<discovery::Discovery> = config
+                .devices
+                .iter()
+                .flat_map(|d| discovery::messages(discovery_prefix, &config.gateway.id, &prefix, d))
+                .collect();
+            std::sync::Arc::new((format!("{discovery_prefix}/status"), messages))
+        });
+        let upstream_handle = upstream.as_ref().map(|(h, _)| h.clone());
+        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
+        let sides = [
+            Some((Side::Local, local, upstream_handle, Some(ready_tx))),
+            upstream.map(|u| (Side::Upstream, u, Some(clients[0].clone()), None)),
+        ];
+        for (side, (handle, events), other, ready) in sides.into_iter().flatten() {
+            let rules: Vec<Forward> = config
+                .forward
+                .iter()
+                .filter(|r| r.from == side)
+                .cloned()
+                .collect();
+            tasks.push(tokio::spawn(serve_client(
+                ServeClient {
+                    prefix: prefix.clone(),
+                    handle,
+                    other,
+                    rules,
+                    routes: std::sync::Arc::clone(&routes),
+                    discovery: discovery.clone(),
+                    ready,
+                },
+                events,
+            )));
+        }
+        // Devices start once the local broker has the gateway's client: a first reading
+        // at QoS 0 taken before would be dropped (and with a long poll, missing for long).
+        // The broker is in this process, so this is a matter of milliseconds; the bound
+        // only keeps a broken start from hanging.
+        let _ = tokio::time::timeout(LOCAL_CONNECT_WAIT, ready.wait_for(|r| *r)).await;
+        let buses = modbus::spawn_buses(&config);
+        for (device, rx) in config.devices.iter().zip(inboxes) {
             let task = match &device.source {
                 Source::Sim => tokio::spawn(run_sim_device(
                     device.clone(),
@@ -155,37 +199,6 @@ impl Gateway {
                 }
             };
             tasks.push(task);
-        }
-        let routes = std::sync::Arc::new(routes);
-        let discovery = config.discovery_prefix.as_ref().map(|discovery_prefix| {
-            let messages: Vec<discovery::Discovery> = config
-                .devices
-                .iter()
-                .flat_map(|d| discovery::messages(discovery_prefix, &config.gateway.id, &prefix, d))
-                .collect();
-            std::sync::Arc::new((format!("{discovery_prefix}/status"), messages))
-        });
-        let upstream_handle = upstream.as_ref().map(|(h, _)| h.clone());
-        let sides = [
-            Some((Side::Local, local, upstream_handle)),
-            upstream.map(|u| (Side::Upstream, u, Some(clients[0].clone()))),
-        ];
-        for (side, (handle, events), other) in sides.into_iter().flatten() {
-            let rules: Vec<Forward> = config
-                .forward
-                .iter()
-                .filter(|r| r.from == side)
-                .cloned()
-                .collect();
-            tasks.push(tokio::spawn(serve_client(
-                prefix.clone(),
-                handle,
-                events,
-                other,
-                rules,
-                std::sync::Arc::clone(&routes),
-                discovery.clone(),
-            )));
         }
         Ok(Gateway {
             broker,
@@ -275,15 +288,29 @@ fn connect_upstream(
 /// One broker's client events: on (re)connect, availability and subscriptions; then
 /// `set` commands to their devices and messages matching forwarding rules to the other
 /// broker.
-async fn serve_client(
+/// What one client's event loop needs.
+struct ServeClient {
     prefix: String,
     handle: Handle,
-    mut events: client::Events,
+    /// The other broker's client, for forward rules.
     other: Option<Handle>,
     rules: Vec<Forward>,
     routes: std::sync::Arc<HashMap<String, mpsc::Sender<DeviceCommand>>>,
     discovery: Option<std::sync::Arc<(String, Vec<discovery::Discovery>)>>,
-) {
+    /// Told `true` at the first CONNACK (the local client: devices wait for it).
+    ready: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+async fn serve_client(serve: ServeClient, mut events: client::Events) {
+    let ServeClient {
+        prefix,
+        handle,
+        other,
+        rules,
+        routes,
+        discovery,
+        ready,
+    } = serve;
     let set_filter = format!("{prefix}/+/+/set");
     let Ok(availability) = topic(&format!("{prefix}/availability")) else {
         return;
@@ -306,6 +333,9 @@ async fn serve_client(
                     announce(&handle, &discovery.1).await;
                 }
                 let _ = handle.subscribe(subscriptions).await;
+                if let Some(ready) = &ready {
+                    ready.send_replace(true);
+                }
             }
             ClientEvent::Message(publish) => {
                 // Home Assistant (re)started: it forgets what was discovered.
@@ -474,6 +504,10 @@ async fn answer(base: &str, cmd: &DeviceCommand, outcome: Result<Value, String>)
             .await;
     }
 }
+
+/// How long devices wait for the gateway's client on the local broker before starting
+/// anyway.
+const LOCAL_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest wait between attempts to open a device that is gone (a serial port
 /// unplugged, a GPIO chip missing).

@@ -668,3 +668,17 @@ fn fixed_length_serial_frames_are_read_with_a_regex_and_the_port_settings_are_ap
     let value = json(&reading)["value"].as_f64().expect("a number");
     assert!(value == 12.5 || value == 7.25, "{reading}");
 }
+
+#[test]
+fn the_first_reading_at_start_up_is_not_lost_even_at_qos_0_with_a_long_poll() {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-first-reading");
+    // One poll at start, the next in an hour: only the first can be seen. QoS 0 is
+    // dropped by a client that is not connected yet, so devices must start after it is.
+    let config = "gateway:\n  id: gw7\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\ndevices:\n  - id: tank\n    source: sim\n    poll: 1h\n    points:\n      - id: level\n        sim: constant\n        min: 42\n        retain: true\n";
+    let (_gateway, port) = start_with(&dir, config);
+    let got = receive(&port, &["fieldgate/gw7/tank/level"], 1);
+    assert_eq!(json(&got[0])["value"], 42, "{got:?}");
+}

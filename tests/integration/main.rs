@@ -23,6 +23,7 @@ mod codec_roundtrip;
 mod gateway_modbus;
 mod gateway_run;
 mod modbus_bus;
+mod modbus_values;
 mod peers;
 mod protocol_core_has_no_io;
 mod server_session;

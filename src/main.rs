@@ -3,8 +3,9 @@
 //!
 //! It offers `run` (the gateway), `broker` (the MQTT broker alone), `pub` and `sub` (MQTT
 //! command-line clients with mosquitto_pub/_sub's flags), `passwd` (broker password
-//! files), `check-config` / `print-default-config`, and `decode` (the MQTT packets in a
-//! hex dump, handy with captures).
+//! files), `check-config` / `print-default-config`, `modbus read` / `modbus write` (one
+//! Modbus device, for commissioning), and `decode` (the MQTT packets in a hex dump, handy
+//! with captures).
 
 mod cli;
 
@@ -25,6 +26,7 @@ commands:
   pub [options]            publish MQTT messages (like mosquitto_pub; --help for options)
   sub [options]            print MQTT messages (like mosquitto_sub; --help for options)
   passwd FILE USER         edit the broker's password file (like mosquitto_passwd; --help)
+  modbus read|write ...    read or write a Modbus device, for commissioning (--help)
   decode [-V 311|5] HEX    print the MQTT packets in HEX (spaces allowed; default -V 5)
   --version                print the version
   --help                   print this help";
@@ -72,6 +74,16 @@ fn main() -> ExitCode {
             Err(e) => usage_error("sub", &e),
         },
         ["passwd", rest @ ..] => cli::passwd::run(rest),
+        ["modbus", rest @ ..] => match cli::modbus::parse(rest) {
+            Ok(cli::Command::Help(text)) => help(text),
+            Ok(cli::Command::Run(command)) => {
+                finish(command.name(), block_on(cli::modbus::run(command)))
+            }
+            Err(e) => {
+                eprintln!("fieldgate {e}");
+                ExitCode::from(cli::EXIT_USAGE)
+            }
+        },
         ["decode", rest @ ..] => match decode_command(rest) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {

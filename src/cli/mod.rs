@@ -2,7 +2,8 @@
 //! mosquitto_pub/mosquitto_sub's flags where they overlap so that habits carry over
 //! (`options`, `pub_args`, `sub_args`, `format`, `run`); `passwd` edits password files like
 //! mosquitto_passwd; `broker` and `gateway` start the broker and the gateway from the
-//! library. It owns no protocol or gateway logic and opens no sockets itself: the library
+//! library; `modbus` reads and writes one Modbus device through the library's bus task.
+//! It owns no protocol or gateway logic and opens no sockets itself: the library
 //! connects, serves and publishes with the options parsed here. `pub -l`/`-s`, `passwd`
 //! and the `run` modules read stdin or files where a flag asks for it.
 //!
@@ -29,6 +30,7 @@
 pub mod broker;
 mod format;
 pub mod gateway;
+pub mod modbus;
 mod options;
 pub mod passwd;
 mod pub_args;

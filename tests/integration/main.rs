@@ -13,6 +13,7 @@ mod broker_v311;
 mod broker_v5;
 mod broker_websocket;
 mod cli;
+mod cli_modbus;
 mod cli_pub_sub;
 mod client_faults;
 mod client_mosquitto;

@@ -187,10 +187,8 @@ fn every_type_in_every_order_is_decoded_as_the_slave_was_loaded_and_written_back
                 Value::Bool(b) => Value::Bool(!b),
                 Value::Text(_) => Value::Text("XY".into()),
             };
-            let current = match encoding.bit {
-                Some(_) => Some(1 << 5),
-                None => None,
-            };
+            // The register holding the bool point, as loaded (only bit 5 set).
+            let current = encoding.bit.map(|_| 1 << 5);
             let write = value::encode(encoding, &new, current).unwrap();
             bus.write("values", &unit(), write).await.unwrap();
             writes += 1;

@@ -17,9 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::Core;
 use super::router::Subscriber;
 use super::sessions::{Held, SubscriptionRecord};
+use super::{Core, mailbox};
 use crate::mqtt::codec::{self, DecodeError};
 use crate::mqtt::packet::{
     Connect, Packet, PayloadFormat, ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode,
@@ -80,23 +80,32 @@ pub(super) trait ReadInto: AsyncWrite + Unpin + Send {
 }
 
 impl ReadInto for TcpStream {
-    async fn read_into(&mut self, buf: &mut BytesMut, reserve: usize) -> std::io::Result<usize> {
-        loop {
-            self.readable().await?;
-            buf.reserve(reserve);
-            match self.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Readiness can be stale (it is only cleared by a read that finds
-                    // nothing): give the reservation back before waiting again, or every
-                    // idle connection would hold one.
-                    if buf.is_empty() {
-                        *buf = BytesMut::new();
+    // A hand-written poll instead of `readable().await`: the `Readiness` future that
+    // `readable()` returns is about 150 bytes, and it sits in every idle connection's
+    // task; this one holds three references. `poll_read_ready` keeps one reader waker,
+    // which is enough: only this connection's task reads this socket.
+    fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+        reserve: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send {
+        std::future::poll_fn(move |cx| {
+            loop {
+                std::task::ready!(self.poll_read_ready(cx))?;
+                buf.reserve(reserve);
+                match self.try_read_buf(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Readiness can be stale (a read that finds nothing clears it):
+                        // give the reservation back before waiting again, or every idle
+                        // connection would hold one.
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
                     }
-                    continue;
+                    other => return std::task::Poll::Ready(other),
                 }
-                other => return other,
             }
-        }
+        })
     }
 }
 
@@ -309,8 +318,11 @@ impl<S: ReadInto> Connection<S> {
     /// only now and then (decoding and handling packets, writing, finishing) is boxed
     /// and takes heap only while it runs; the loop itself holds just the wait.
     async fn serve(&mut self) -> CloseReason {
-        let mut shutdown = self.core.shutdown.clone();
-        let takeover = Arc::clone(&self.held.takeover);
+        // Shutdown rings every session's mailbox; one that attached after that ring
+        // learns it here.
+        if *self.core.shutdown.borrow() {
+            self.held.session.shut_down();
+        }
         loop {
             let now = StdInstant::now();
             // 0. A publish waiting for room: offer it again; once through, carry on with
@@ -346,7 +358,15 @@ impl<S: ReadInto> Connection<S> {
                 self.scratch = Vec::new();
             }
             let deadline = self.held.session.poll_timeout().map(Instant::from_std);
-            let wants = self.held.session.wants_messages();
+            // Messages only while the client's window has room; a takeover or shutdown
+            // always.
+            let interest = mailbox::TAKEOVER
+                | mailbox::SHUTDOWN
+                | if self.held.session.wants_messages() {
+                    mailbox::ARRIVED
+                } else {
+                    0
+                };
             let reading = self.blocked.is_none();
             tokio::select! {
                 read = self.io.read_into(&mut self.read_buf, self.read_chunk), if reading => {
@@ -363,15 +383,19 @@ impl<S: ReadInto> Connection<S> {
                         }
                     }
                 }
-                () = self.held.mailbox.arrived(), if wants => {}
-                give_up = wait_for_room(self.blocked.as_ref()), if !reading => {
+                signals = self.held.mailbox.signals(interest) => {
+                    if signals & mailbox::SHUTDOWN != 0 {
+                        self.held.session.shut_down();
+                    } else if signals & mailbox::TAKEOVER != 0 {
+                        self.held.session.take_over();
+                    }
+                }
+                give_up = wait_for_room_boxed(self.blocked.as_ref()), if !reading => {
                     if give_up {
                         self.retry_blocked(true);
                     }
                 }
-                () = takeover.notified() => self.held.session.take_over(),
                 () = sleep_until(deadline) => self.held.session.handle_timeout(StdInstant::now()),
-                _ = shutdown.changed() => self.held.session.shut_down(),
             }
         }
     }
@@ -1024,6 +1048,18 @@ async fn wait_for_room(blocked: Option<&BlockedPublish>) -> bool {
         () = first.mailbox.space() => false,
         () = tokio::time::sleep_until(blocked.until) => true,
     }
+}
+
+/// [`wait_for_room`] on the heap, allocated only when polled: `select!` builds its
+/// futures whether or not their branch is enabled, and this one is large and only awaited
+/// by a blocked publisher, so inline it would cost every idle connection.
+///
+/// # Cancel safety
+/// Cancel safe: it only waits.
+fn wait_for_room_boxed(
+    blocked: Option<&BlockedPublish>,
+) -> impl std::future::Future<Output = bool> + Send + '_ {
+    async move { Box::pin(wait_for_room(blocked)).await }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -45,18 +45,28 @@ pub(super) async fn accept_loop(socket: TcpListener, accepting: Accepting, core:
         // Small packets (acknowledgements) must not wait for Nagle's timer.
         let _ = stream.set_nodelay(true);
         let core = Arc::clone(&core);
-        let accepting = accepting.clone();
-        tokio::spawn(async move {
-            // Each kind boxed on its own: the task then holds a pointer, and a plain TCP
-            // connection does not pay for the size of a TLS session's future.
-            match accepting {
-                Accepting::Tcp => Box::pin(connection::serve(stream, core)).await,
-                Accepting::Tls(acceptor) => {
-                    Box::pin(connection::serve_tls(stream, acceptor, core)).await;
-                }
-                Accepting::WebSocket => Box::pin(connection::serve_websocket(stream, core)).await,
+        // One task per connection, spawned per kind: a plain TCP connection's future is
+        // the task itself (no separate box), and it does not pay for the size of a TLS
+        // session's future.
+        match accepting.clone() {
+            Accepting::Tcp => {
+                tokio::spawn(async move {
+                    connection::serve(stream, core).await;
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Accepting::Tls(acceptor) => {
+                tokio::spawn(async move {
+                    connection::serve_tls(stream, acceptor, core).await;
+                    drop(permit);
+                });
+            }
+            Accepting::WebSocket => {
+                tokio::spawn(async move {
+                    connection::serve_websocket(stream, core).await;
+                    drop(permit);
+                });
+            }
+        }
     }
 }

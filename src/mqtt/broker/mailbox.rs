@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
@@ -53,12 +54,30 @@ struct Inbox {
     online: bool,
 }
 
+/// Signals for the task serving the mailbox's client ([`Mailbox::ring`]): a message
+/// arrived, another connection takes the session over, the broker shuts down.
+pub const ARRIVED: u8 = 1;
+pub const TAKEOVER: u8 = 2;
+pub const SHUTDOWN: u8 = 4;
+
+/// One waker for the three signals of a connection, instead of a `Notify` (and a
+/// `Notified` future inside every idle connection's task) for each.
+#[derive(Debug, Default)]
+struct Doorbell {
+    /// Signals rung and not yet taken: a signal rung while the task is busy elsewhere
+    /// waits here, as a `Notify` permit would.
+    rung: AtomicU8,
+    /// The signals the waiting task asked for: ringing another does not wake it (a
+    /// message arriving for a client whose window is full must not spin its task).
+    interest: AtomicU8,
+    waker: Mutex<Option<Waker>>,
+}
+
 #[derive(Debug)]
 pub struct Mailbox {
     inbox: Mutex<Inbox>,
-    /// Wakes the connection task when a message arrives (a stored permit covers a
-    /// message that arrives while it is busy elsewhere).
-    arrived: Notify,
+    /// Wakes the connection task on a message, a takeover or shutdown.
+    doorbell: Doorbell,
     limits: MailboxLimits,
     dropped: AtomicU64,
     /// The session outlives its connections (expiry > 0): what it is sent is journaled
@@ -78,7 +97,7 @@ impl Mailbox {
     pub fn new(limits: MailboxLimits) -> Self {
         Mailbox {
             inbox: Mutex::new(Inbox::default()),
-            arrived: Notify::new(),
+            doorbell: Doorbell::default(),
             limits,
             dropped: AtomicU64::new(0),
             persistent: AtomicBool::new(false),
@@ -112,7 +131,7 @@ impl Mailbox {
                     inbox.bytes += size;
                     inbox.queue.push_back(outgoing);
                     drop(inbox);
-                    self.arrived.notify_one();
+                    self.ring(ARRIVED);
                     return Offer::Queued;
                 }
             }
@@ -220,11 +239,62 @@ impl Mailbox {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Resolves when a message may have arrived since the last call.
+    /// Rings `signal` (one of [`ARRIVED`], [`TAKEOVER`], [`SHUTDOWN`]) for the task
+    /// serving this mailbox's client; kept until that task takes it.
+    pub fn ring(&self, signal: u8) {
+        let bell = &self.doorbell;
+        // SeqCst with `poll_signals`: either this load sees the waiter's interest, or
+        // the waiter's second look sees this signal.
+        bell.rung.fetch_or(signal, Ordering::SeqCst);
+        if bell.interest.load(Ordering::SeqCst) & signal != 0
+            && let Some(waker) = lock(&bell.waker).as_ref()
+        {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Forgets a rung `signal` (a takeover meant for an earlier connection).
+    pub fn silence(&self, signal: u8) {
+        self.doorbell.rung.fetch_and(!signal, Ordering::SeqCst);
+    }
+
+    /// Resolves with the signals among `interest` that were rung since they were last
+    /// taken (at least one), taking them.
     ///
     /// # Cancel safety
-    /// Cancel safe: a notification not consumed stays stored for the next call.
-    pub async fn arrived(&self) {
-        self.arrived.notified().await;
+    /// Cancel safe: signals are only taken when it resolves.
+    pub fn signals(&self, interest: u8) -> impl std::future::Future<Output = u8> + Send + '_ {
+        std::future::poll_fn(move |cx| self.poll_signals(cx, interest))
     }
+
+    fn poll_signals(&self, cx: &mut Context<'_>, interest: u8) -> Poll<u8> {
+        let bell = &self.doorbell;
+        let take = || bell.rung.fetch_and(!interest, Ordering::SeqCst) & interest;
+        let rung = take();
+        if rung != 0 {
+            // Not waiting any more: later signals wait in `rung` without a wake-up.
+            bell.interest.store(0, Ordering::SeqCst);
+            return Poll::Ready(rung);
+        }
+        {
+            let mut waker = lock(&bell.waker);
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        bell.interest.store(interest, Ordering::SeqCst);
+        match take() {
+            0 => Poll::Pending,
+            rung => {
+                bell.interest.store(0, Ordering::SeqCst);
+                Poll::Ready(rung)
+            }
+        }
+    }
+}
+
+/// Locks a mutex whose critical sections cannot leave it half-changed (one assignment
+/// or read each), so a poisoned lock is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

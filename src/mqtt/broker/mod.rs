@@ -298,6 +298,7 @@ impl Broker {
     /// Stops accepting, disconnects every client and waits (bounded) for them to end.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        self.core.sessions.ring_all(mailbox::SHUTDOWN);
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
@@ -317,6 +318,7 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        self.core.sessions.ring_all(mailbox::SHUTDOWN);
         for task in &self.tasks {
             task.abort();
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::mqtt::broker::mailbox::{Mailbox, MailboxLimits};
+use crate::mqtt::broker::mailbox::{Mailbox, MailboxLimits, TAKEOVER};
 use crate::mqtt::broker::persist::RecoveredSession;
 use crate::mqtt::broker::router::Router;
 use crate::mqtt::packet::{SubscriptionId, SubscriptionOptions};
@@ -32,9 +32,8 @@ pub struct Held {
     pub client_id: Arc<str>,
     pub session: ServerSession,
     pub subscriptions: HashMap<TopicFilter, SubscriptionRecord>,
+    /// Also rings the holder when another connection takes this client id over.
     pub mailbox: Arc<Mailbox>,
-    /// Notified when another connection takes this client id over.
-    pub takeover: Arc<Notify>,
     /// Identifies this holding: a release or an expiry from an older one is ignored.
     pub generation: u64,
     pub session_present: bool,
@@ -53,7 +52,6 @@ struct Entry {
     /// `Some` while no connection holds the session. Boxed: a session is large, and
     /// the map holds an entry per client, connected or not.
     parked: Option<Box<Parked>>,
-    takeover: Arc<Notify>,
     /// Notified when the holding connection releases the session.
     released: Arc<Notify>,
     /// The will of the last connection, waiting for its delay: a connection resuming
@@ -169,14 +167,12 @@ impl Sessions {
                     None => {
                         let key: Arc<str> = Arc::from(client_id);
                         let mailbox = Arc::new(Mailbox::new(self.mailbox_limits));
-                        let takeover = Arc::new(Notify::new());
                         entries.insert(
                             Arc::clone(&key),
                             Entry {
                                 generation,
                                 mailbox: Arc::clone(&mailbox),
                                 parked: None,
-                                takeover: Arc::clone(&takeover),
                                 released: Arc::new(Notify::new()),
                                 pending_will: None,
                             },
@@ -187,7 +183,6 @@ impl Sessions {
                             client_id: key,
                             subscriptions: HashMap::new(),
                             mailbox,
-                            takeover,
                             generation,
                             session_present: false,
                         });
@@ -195,9 +190,9 @@ impl Sessions {
                     Some(entry) => match entry.parked.take() {
                         Some(parked) => {
                             entry.generation = generation;
-                            // A fresh signal per holding: a stale notification must not
-                            // end the next connection.
-                            entry.takeover = Arc::new(Notify::new());
+                            // A takeover rung for the previous holder (which ended
+                            // before taking it) must not end this one.
+                            entry.mailbox.silence(TAKEOVER);
                             let key = entries
                                 .get_key_value(client_id)
                                 .map(|(k, _)| Arc::clone(k))
@@ -210,7 +205,6 @@ impl Sessions {
                                 session: parked.session,
                                 subscriptions: parked.subscriptions,
                                 mailbox: Arc::clone(&entry.mailbox),
-                                takeover: Arc::clone(&entry.takeover),
                                 generation,
                                 session_present: true,
                             };
@@ -235,7 +229,7 @@ impl Sessions {
                             return Ok(held);
                         }
                         None => {
-                            entry.takeover.notify_one();
+                            entry.mailbox.ring(TAKEOVER);
                             Arc::clone(&entry.released)
                         }
                     },
@@ -247,6 +241,13 @@ impl Sessions {
             {
                 return Err(AttachError::TakeoverTimedOut);
             }
+        }
+    }
+
+    /// Rings `signal` for every session's connection (shutdown).
+    pub fn ring_all(&self, signal: u8) {
+        for entry in self.lock().values() {
+            entry.mailbox.ring(signal);
         }
     }
 
@@ -315,7 +316,6 @@ impl Sessions {
             session: parked.session,
             subscriptions: parked.subscriptions,
             mailbox: entry.mailbox,
-            takeover: entry.takeover,
             generation,
             session_present: false,
         };
@@ -360,7 +360,6 @@ impl Sessions {
                         session,
                         subscriptions,
                     })),
-                    takeover: Arc::new(Notify::new()),
                     released: Arc::new(Notify::new()),
                     pending_will: None,
                 },

@@ -9,3 +9,4 @@ pub mod devices;
 pub mod modbus;
 pub mod mqtt;
 pub mod observe;
+pub mod storage;

@@ -9,10 +9,10 @@
 //! has grown well past it (write to a temporary file, sync, rename). Recovery replays the
 //! journal into the same model and stops at the first torn or corrupt record.
 //!
-//! Frames are `length (u32 LE) | CRC-32 of the body (u32 LE) | body`. Messages and
-//! subscriptions inside bodies are encoded with the MQTT 5.0 codec (a PUBLISH, a one-filter
-//! SUBSCRIBE), so there is one wire format to trust. This module must not know about
-//! connections: the router and the session registry call it.
+//! Frames, the fsync policy and atomic rewrites come from `crate::storage` (shared with
+//! the spool). Messages and subscriptions inside bodies are encoded with the MQTT 5.0
+//! codec (a PUBLISH, a one-filter SUBSCRIBE), so there is one wire format to trust. This
+//! module must not know about connections: the router and the session registry call it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -23,17 +23,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::mqtt::codec;
 use crate::mqtt::packet::{
-    Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscribeProperties, Subscription,
-    SubscriptionId, SubscriptionOptions,
+    Packet, PacketId, Publish, QoS, Subscribe, SubscribeProperties, Subscription, SubscriptionId,
+    SubscriptionOptions,
 };
 use crate::mqtt::session::server::{Message, Outgoing};
 use crate::mqtt::string::MqttString;
 use crate::mqtt::topic::{TopicFilter, TopicName};
+use crate::storage::frame::{self, Fields, Frame, put_packet, put_str};
+use crate::storage::{SyncSchedule, replace_file};
+
+/// The fsync policy type lives in `storage`; the broker's users know it by this path.
+pub use crate::storage::Fsync;
 
 const JOURNAL: &str = "broker.journal";
 const COMPACTING: &str = "broker.journal.tmp";
@@ -41,19 +45,6 @@ const COMPACTING: &str = "broker.journal.tmp";
 /// front (about 100 bytes each), so this is also a fixed cost in memory: 4,096 slots are
 /// 400 KB, and the writer takes them a batch at a time anyway.
 const CHANNEL_BOUND: usize = 4096;
-/// The largest record accepted on recovery (a corrupt length must not allocate gigabytes).
-const MAX_RECORD: usize = 300 << 20;
-
-/// When the journal is synced to the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fsync {
-    /// Before a publisher hears PUBACK for a message a persistent session will get.
-    Always,
-    /// At most this long after a write (a crash loses at most this much).
-    Interval(Duration),
-    /// Left to the operating system.
-    Never,
-}
 
 #[derive(Debug, Clone)]
 pub struct PersistConfig {
@@ -168,11 +159,9 @@ impl Journal {
             file,
             dir: config.dir.clone(),
             model,
-            fsync: config.fsync,
+            sync: SyncSchedule::new(config.fsync, Instant::now()),
             compact_slack: config.compact_slack,
             written: 0,
-            last_sync: Instant::now(),
-            dirty: false,
         };
         std::thread::Builder::new()
             .name("fieldgate-journal".into())
@@ -515,40 +504,24 @@ fn replay(mut bytes: &[u8]) -> (Model, u64) {
 }
 
 fn read_frame(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let mut header = bytes.get(..8)?;
-    let len = header.get_u32_le() as usize;
-    let crc = header.get_u32_le();
-    if len > MAX_RECORD {
-        return None;
+    match frame::read(bytes) {
+        Frame::Whole { body, len } => Some((body, &bytes[len..])),
+        Frame::Incomplete { .. } | Frame::Corrupt => None,
     }
-    let body = bytes.get(8..8 + len)?;
-    (crc32fast::hash(body) == crc).then(|| (body, &bytes[8 + len..]))
 }
 
 fn write_frame(out: &mut BytesMut, record: &Record) {
-    let mut body = BytesMut::new();
-    encode_record(&mut body, record);
-    out.put_u32_le(body.len() as u32);
-    out.put_u32_le(crc32fast::hash(&body));
-    out.put_slice(&body);
+    frame::put_with(out, |body| encode_record(body, record));
 }
 
 /// Writes the model as a fresh journal next to the old one, syncs it and renames it
 /// over the old one; returns the file to append to.
 fn rewrite(dir: &Path, model: &Model) -> std::io::Result<File> {
-    let tmp = dir.join(COMPACTING);
     let mut buf = BytesMut::new();
     for record in model.records() {
         write_frame(&mut buf, &record);
     }
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&buf)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(JOURNAL))?;
-    // The rename itself must reach the disk, or a crash could bring the old file back.
-    File::open(dir)?.sync_all()?;
+    replace_file(dir, JOURNAL, COMPACTING, &buf, true)?;
     OpenOptions::new().append(true).open(dir.join(JOURNAL))
 }
 
@@ -556,12 +529,10 @@ struct Writer {
     file: File,
     dir: PathBuf,
     model: Model,
-    fsync: Fsync,
+    sync: SyncSchedule,
     compact_slack: u64,
     /// Bytes appended since the last rewrite.
     written: u64,
-    last_sync: Instant,
-    dirty: bool,
 }
 
 impl Writer {
@@ -570,12 +541,12 @@ impl Writer {
         let mut waiters = Vec::new();
         let mut closing = None;
         while closing.is_none() {
-            let timeout = match self.fsync {
-                Fsync::Interval(every) if self.dirty => {
-                    every.saturating_sub(self.last_sync.elapsed())
-                }
-                _ => Duration::from_secs(3600),
-            };
+            let timeout = self
+                .sync
+                .deadline()
+                .map_or(Duration::from_secs(3600), |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
             let first = match rx.recv_timeout(timeout) {
                 Ok(command) => Some(command),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -608,11 +579,7 @@ impl Writer {
                     }
                 }
             }
-            if closing.is_some() {
-                self.dirty = true;
-                self.fsync = Fsync::Always;
-            }
-            if let Err(e) = self.write(&mut buf, !waiters.is_empty()) {
+            if let Err(e) = self.write(&mut buf, closing.is_some()) {
                 crate::observe::warn(format_args!(
                     "fieldgate broker: journal write failed, persistence stops: {e}"
                 ));
@@ -634,22 +601,18 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, buf: &mut BytesMut, sync_requested: bool) -> std::io::Result<()> {
+    /// Appends `buf` and syncs when the policy says so, or always when `closing`.
+    fn write(&mut self, buf: &mut BytesMut, closing: bool) -> std::io::Result<()> {
         if !buf.is_empty() {
             self.file.write_all(buf)?;
             self.written += buf.len() as u64;
             buf.clear();
-            self.dirty = true;
+            self.sync.wrote();
         }
-        let due = match self.fsync {
-            Fsync::Always => sync_requested || self.dirty,
-            Fsync::Interval(every) => self.last_sync.elapsed() >= every,
-            Fsync::Never => false,
-        };
-        if self.dirty && due {
+        let now = Instant::now();
+        if closing || self.sync.due(now) {
             self.file.sync_data()?;
-            self.dirty = false;
-            self.last_sync = Instant::now();
+            self.sync.synced(now);
         }
         Ok(())
     }
@@ -658,7 +621,8 @@ impl Writer {
         self.model.collect_garbage();
         self.file = rewrite(&self.dir, &self.model)?;
         self.written = 0;
-        self.dirty = false;
+        // The rewrite synced everything it holds.
+        self.sync.synced(Instant::now());
         Ok(())
     }
 }
@@ -674,19 +638,6 @@ const SUBSCRIBE: u8 = 5;
 const UNSUBSCRIBE: u8 = 6;
 const ENQUEUE: u8 = 7;
 const FINISHED: u8 = 8;
-
-fn put_str(out: &mut BytesMut, s: &str) {
-    out.put_u16_le(s.len().min(usize::from(u16::MAX)) as u16);
-    out.put_slice(&s.as_bytes()[..s.len().min(usize::from(u16::MAX))]);
-}
-
-fn put_packet(out: &mut BytesMut, packet: &Packet) {
-    let mut encoded = BytesMut::new();
-    // Stored messages and subscriptions came through the same codec: they encode.
-    let _ = codec::encode(packet, ProtocolVersion::V5, &mut encoded);
-    out.put_u32_le(encoded.len() as u32);
-    out.put_slice(&encoded);
-}
 
 fn unix_millis(at: Instant) -> u64 {
     let now = Instant::now();
@@ -730,7 +681,8 @@ fn encode_record(out: &mut BytesMut, record: &Record) {
                 payload: message.payload.clone(),
                 properties: message.properties.clone(),
             };
-            put_packet(out, &Packet::Publish(publish));
+            // Stored messages came through the same codec: they encode.
+            let _ = put_packet(out, &Packet::Publish(publish));
         }
         Record::Retain(topic, seq) => {
             out.put_u8(RETAIN);
@@ -760,7 +712,7 @@ fn encode_record(out: &mut BytesMut, record: &Record) {
                     user_properties: Vec::new(),
                 },
             };
-            put_packet(out, &Packet::Subscribe(subscribe));
+            let _ = put_packet(out, &Packet::Subscribe(subscribe));
         }
         Record::Unsubscribe(client, filter) => {
             out.put_u8(UNSUBSCRIBE);
@@ -786,41 +738,12 @@ fn encode_record(out: &mut BytesMut, record: &Record) {
     }
 }
 
-/// Reads from a record body; every getter returns `None` past the end.
-struct Body(Bytes);
-
-impl Body {
-    fn u8(&mut self) -> Option<u8> {
-        (self.0.remaining() >= 1).then(|| self.0.get_u8())
-    }
-    fn u16(&mut self) -> Option<u16> {
-        (self.0.remaining() >= 2).then(|| self.0.get_u16_le())
-    }
-    fn u32(&mut self) -> Option<u32> {
-        (self.0.remaining() >= 4).then(|| self.0.get_u32_le())
-    }
-    fn u64(&mut self) -> Option<u64> {
-        (self.0.remaining() >= 8).then(|| self.0.get_u64_le())
-    }
-    fn bytes(&mut self, len: usize) -> Option<Bytes> {
-        (self.0.remaining() >= len).then(|| self.0.split_to(len))
-    }
-    fn string(&mut self) -> Option<String> {
-        let len = usize::from(self.u16()?);
-        String::from_utf8(self.bytes(len)?.to_vec()).ok()
-    }
-    fn client(&mut self) -> Option<Arc<str>> {
-        self.string().map(Arc::from)
-    }
-    fn packet(&mut self) -> Option<Packet> {
-        let len = self.u32()? as usize;
-        let mut buf = BytesMut::from(&self.bytes(len)?[..]);
-        codec::decode(&mut buf, u32::MAX, ProtocolVersion::V5).ok()?
-    }
+fn read_client(b: &mut Fields) -> Option<Arc<str>> {
+    b.string().map(Arc::from)
 }
 
 fn decode_record(body: &[u8]) -> Option<Record> {
-    let mut b = Body(Bytes::copy_from_slice(body));
+    let mut b = Fields(Bytes::copy_from_slice(body));
     Some(match b.u8()? {
         MESSAGE => {
             let seq = b.u64()?;
@@ -846,10 +769,10 @@ fn decode_record(body: &[u8]) -> Option<Record> {
             let seq = b.u64()?;
             Record::Retain(topic, (seq != 0).then_some(seq))
         }
-        SESSION => Record::Session(b.client()?, b.u32()?),
-        SESSION_END => Record::SessionEnd(b.client()?),
+        SESSION => Record::Session(read_client(&mut b)?, b.u32()?),
+        SESSION_END => Record::SessionEnd(read_client(&mut b)?),
         SUBSCRIBE => {
-            let client = b.client()?;
+            let client = read_client(&mut b)?;
             let Packet::Subscribe(mut subscribe) = b.packet()? else {
                 return None;
             };
@@ -862,12 +785,12 @@ fn decode_record(body: &[u8]) -> Option<Record> {
             )
         }
         UNSUBSCRIBE => {
-            let client = b.client()?;
+            let client = read_client(&mut b)?;
             let filter = MqttString::try_from(b.string()?.as_str()).ok()?;
             Record::Unsubscribe(client, TopicFilter::new(filter).ok()?)
         }
         ENQUEUE => {
-            let client = b.client()?;
+            let client = read_client(&mut b)?;
             let seq = b.u64()?;
             let qos = QoS::from_u8(b.u8()?)?;
             let retain = b.u8()? != 0;
@@ -886,7 +809,7 @@ fn decode_record(body: &[u8]) -> Option<Record> {
                 },
             )
         }
-        FINISHED => Record::Finished(b.client()?, b.u64()?),
+        FINISHED => Record::Finished(read_client(&mut b)?, b.u64()?),
         _ => return None,
     })
 }

@@ -9,4 +9,5 @@ pub mod devices;
 pub mod modbus;
 pub mod mqtt;
 pub mod observe;
+pub mod spool;
 pub mod storage;

@@ -18,10 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::mqtt::broker::auth::{Acl, PasswordFile};
-use crate::mqtt::broker::persist::{Fsync, PersistConfig};
+use crate::mqtt::broker::persist::PersistConfig;
 use crate::mqtt::broker::tls::TlsListenerConfig;
 use crate::mqtt::broker::{BrokerConfig, ListenerConfig, Transport};
-use raw::{RawBroker, RawConfig, RawLimits, Text};
+use crate::spool::{Durability, OnFull, SpoolConfig};
+use crate::storage::Fsync;
+use raw::{RawBroker, RawConfig, RawLimits, RawSpool, Text};
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -73,6 +75,9 @@ pub struct Upstream {
     pub keep_alive: Duration,
     /// `Some` for `mqtts://`.
     pub tls: Option<crate::mqtt::client::TlsOptions>,
+    /// The offline queue in `<state_dir>/spool` (defaults when the file has no
+    /// `spool:`).
+    pub spool: SpoolConfig,
 }
 
 /// Which broker a forwarding rule takes messages from (it publishes them to the other).
@@ -246,7 +251,8 @@ pub enum SimWave {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gateway {
     pub id: String,
-    /// Where persistent state lives (the broker's journal under `broker/`).
+    /// Where persistent state lives (the broker's journal under `broker/`, the upstream
+    /// spool under `spool/`).
     pub state_dir: PathBuf,
     /// Prefix of every topic the gateway publishes: `fieldgate/<id>` unless set.
     pub topic_prefix: String,
@@ -329,7 +335,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         .map(|b| check.broker(b, &gateway.state_dir));
     let buses = check.buses(&raw.buses);
     let devices = check.devices(&raw.devices, &buses);
-    let upstream = raw.upstream.as_ref().map(|u| check.upstream(u));
+    let upstream = raw
+        .upstream
+        .as_ref()
+        .map(|u| check.upstream(u, &gateway.state_dir));
     let forward = check.forward(&raw.forward, upstream.is_some(), broker.is_some());
     let discovery_prefix = raw.homeassistant.as_ref().map(|ha| {
         ha.discovery_prefix
@@ -578,24 +587,11 @@ impl Checker {
         if let Some(persistence) = &raw.persistence
             && persistence.enabled != Some(false)
         {
-            let interval = self.duration(
-                "broker.persistence.fsync_interval",
+            let fsync = self.fsync(
+                "broker.persistence",
+                &persistence.fsync,
                 &persistence.fsync_interval,
-                Duration::from_secs(1),
             );
-            let fsync = match persistence.fsync.as_ref().map(|f| (f.value.as_str(), f)) {
-                None | Some(("interval", _)) => Fsync::Interval(interval),
-                Some(("always", _)) => Fsync::Always,
-                Some(("never", _)) => Fsync::Never,
-                Some((other, f)) => {
-                    self.problem(
-                        "broker.persistence.fsync",
-                        Some(f.referenced.line()),
-                        format!("{other:?} is not one of always, interval, never"),
-                    );
-                    Fsync::Interval(interval)
-                }
-            };
             config.persistence = Some(PersistConfig {
                 fsync,
                 ..PersistConfig::new(state_dir.join("broker"))
@@ -609,7 +605,73 @@ impl Checker {
         config
     }
 
-    fn upstream(&mut self, raw: &raw::RawUpstream) -> Upstream {
+    /// `fsync: always | interval | never` and `fsync_interval` (default 1s) of the
+    /// section at `path`.
+    fn fsync(&mut self, path: &str, fsync: &Option<Text>, interval: &Option<Text>) -> Fsync {
+        let every = self.duration(
+            &format!("{path}.fsync_interval"),
+            interval,
+            Duration::from_secs(1),
+        );
+        let policy = self.choice(
+            &format!("{path}.fsync"),
+            fsync,
+            &[
+                ("always", Some(Fsync::Always)),
+                ("interval", None),
+                ("never", Some(Fsync::Never)),
+            ],
+            None,
+        );
+        policy.unwrap_or(Fsync::Interval(every))
+    }
+
+    /// `upstream.spool`: the offline queue's bounds and durability.
+    fn spool(&mut self, raw: Option<&RawSpool>, state_dir: &Path) -> SpoolConfig {
+        let mut config = SpoolConfig::new(state_dir.join("spool"));
+        let Some(raw) = raw else {
+            return config;
+        };
+        let p = |key: &str| format!("upstream.spool.{key}");
+        config.durability = self.choice(
+            &p("durability"),
+            &raw.durability,
+            &[("disk", Durability::Disk), ("offline", Durability::Offline)],
+            config.durability,
+        );
+        config.max_bytes = self.size(&p("max_bytes"), &raw.max_bytes, config.max_bytes);
+        config.segment_bytes = self.size(
+            &p("segment_bytes"),
+            &raw.segment_bytes,
+            config.segment_bytes,
+        );
+        config.memory_bytes = self.size(&p("memory_bytes"), &raw.memory_bytes, config.memory_bytes);
+        config.on_full = self.choice(
+            &p("on_full"),
+            &raw.on_full,
+            &[
+                ("drop_oldest", OnFull::DropOldest),
+                ("reject_new", OnFull::RejectNew),
+            ],
+            config.on_full,
+        );
+        config.fsync = self.fsync("upstream.spool", &raw.fsync, &raw.fsync_interval);
+        if let Some((key, message)) = config.problem() {
+            let text = match key {
+                "segment_bytes" => &raw.segment_bytes,
+                _ => &raw.max_bytes,
+            };
+            let line = text
+                .as_ref()
+                .or(raw.max_bytes.as_ref())
+                .or(raw.segment_bytes.as_ref())
+                .map(|t| t.referenced.line());
+            self.problem(&p(key), line, message);
+        }
+        config
+    }
+
+    fn upstream(&mut self, raw: &raw::RawUpstream, state_dir: &Path) -> Upstream {
         let line = Some(raw.url.referenced.line());
         let (tls, rest) = match raw.url.value.split_once("://") {
             Some(("mqtt", rest)) => (false, rest),
@@ -705,6 +767,7 @@ impl Checker {
             password,
             keep_alive,
             tls,
+            spool: self.spool(raw.spool.as_ref(), state_dir),
         }
     }
 
@@ -798,7 +861,10 @@ impl Checker {
                     continue;
                 }
             };
-            let source_line = d.source.as_ref().map_or(line, |s| Some(s.referenced.line()));
+            let source_line = d
+                .source
+                .as_ref()
+                .map_or(line, |s| Some(s.referenced.line()));
             if d.bus.is_some() && source_word != "modbus" {
                 self.problem(
                     &format!("{path}.bus"),
@@ -1287,6 +1353,69 @@ mod tests {
         );
         assert!(
             found.iter().any(|p| p.starts_with("forward[1].filter")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn upstream_spool_takes_its_settings_and_defaults_under_the_state_directory() {
+        let config = parse(
+            "gateway:\n  state_dir: /var/lib/fg\nupstream:\n  url: mqtt://cloud\n  spool:\n    durability: offline\n    max_bytes: 256MiB\n    segment_bytes: 8MiB\n    memory_bytes: 512KiB\n    on_full: reject_new\n    fsync: always\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let spool = config.upstream.unwrap().spool;
+        assert_eq!(spool.dir, Path::new("/var/lib/fg/spool"));
+        assert_eq!(spool.durability, Durability::Offline);
+        assert_eq!(
+            (spool.max_bytes, spool.segment_bytes, spool.memory_bytes),
+            (256 << 20, 8 << 20, 512 << 10)
+        );
+        assert_eq!(spool.on_full, OnFull::RejectNew);
+        assert_eq!(spool.fsync, Fsync::Always);
+        let defaults = parse("upstream:\n  url: mqtt://cloud\n", Path::new("/etc/fg"))
+            .unwrap()
+            .upstream
+            .unwrap()
+            .spool;
+        assert_eq!(defaults.durability, Durability::Disk);
+        assert_eq!(defaults.on_full, OnFull::DropOldest);
+        assert_eq!(defaults.fsync, Fsync::Interval(Duration::from_secs(1)));
+        assert_eq!(defaults.max_bytes, SpoolConfig::DEFAULT_MAX_BYTES);
+    }
+
+    #[test]
+    fn upstream_spool_mistakes_are_reported_with_their_keys_and_lines() {
+        let found = problems(
+            "upstream:\n  url: mqtt://cloud\n  spool:\n    durability: sometimes\n    max_bytes: 10 parsecs\n    on_full: drop_newest\n    fsync: often\n    fsync_interval: 5\n",
+        );
+        for (key, line) in [
+            ("durability", 4),
+            ("max_bytes", 5),
+            ("on_full", 6),
+            ("fsync", 7),
+            ("fsync_interval", 8),
+        ] {
+            let path = format!("upstream.spool.{key}: ");
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.starts_with(&path) && p.ends_with(&format!("(line {line})"))),
+                "{key}: {found:#?}"
+            );
+        }
+        let found = problems(
+            "upstream:\n  url: mqtt://cloud\n  spool:\n    max_bytes: 20MiB\n    segment_bytes: 16MiB\n",
+        );
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].starts_with("upstream.spool.max_bytes: 20971520 bytes must be at least twice")
+                && found[0].ends_with("(line 4)"),
+            "{found:#?}"
+        );
+        let found = problems("upstream:\n  url: mqtt://cloud\n  spool:\n    segment_bytes: 100\n");
+        assert!(
+            found[0].starts_with("upstream.spool.segment_bytes:") && found[0].ends_with("(line 4)"),
             "{found:#?}"
         );
     }

@@ -89,6 +89,25 @@ pub struct RawUpstream {
     pub password_file: Option<Text>,
     pub keep_alive: Option<Text>,
     pub tls: Option<RawUpstreamTls>,
+    /// The offline queue (`<state_dir>/spool`).
+    pub spool: Option<RawSpool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// `disk` (every message written before it is acknowledged) or `offline` (written
+    /// only while the uplink is down or behind).
+    pub durability: Option<Text>,
+    pub max_bytes: Option<Text>,
+    pub segment_bytes: Option<Text>,
+    /// Offline mode: how much may wait in memory before it goes to disk.
+    pub memory_bytes: Option<Text>,
+    /// `drop_oldest` or `reject_new`.
+    pub on_full: Option<Text>,
+    /// `always`, `interval` or `never`.
+    pub fsync: Option<Text>,
+    pub fsync_interval: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

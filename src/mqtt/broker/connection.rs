@@ -1056,10 +1056,8 @@ async fn wait_for_room(blocked: Option<&BlockedPublish>) -> bool {
 ///
 /// # Cancel safety
 /// Cancel safe: it only waits.
-fn wait_for_room_boxed(
-    blocked: Option<&BlockedPublish>,
-) -> impl std::future::Future<Output = bool> + Send + '_ {
-    async move { Box::pin(wait_for_room(blocked)).await }
+async fn wait_for_room_boxed(blocked: Option<&BlockedPublish>) -> bool {
+    Box::pin(wait_for_room(blocked)).await
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -25,13 +25,54 @@ pub struct SubscriptionRecord {
     pub id: Option<SubscriptionId>,
 }
 
+/// A session's subscriptions by filter. A vector, not a map: most clients hold one to
+/// a few subscriptions, and a hash map's smallest table costs several times what they
+/// do in every idle connection; lookups only happen on SUBSCRIBE and UNSUBSCRIBE.
+#[derive(Debug, Default)]
+pub struct SubscriptionSet(Vec<(TopicFilter, SubscriptionRecord)>);
+
+impl SubscriptionSet {
+    /// Adds or replaces the subscription to `filter`.
+    pub fn insert(&mut self, filter: TopicFilter, record: SubscriptionRecord) {
+        match self.0.iter_mut().find(|(f, _)| *f == filter) {
+            Some((_, existing)) => *existing = record,
+            None => {
+                // One slot at a time: `push` would reserve four.
+                self.0.reserve_exact(1);
+                self.0.push((filter, record));
+            }
+        }
+    }
+
+    pub fn remove(&mut self, filter: &TopicFilter) -> Option<SubscriptionRecord> {
+        let at = self.0.iter().position(|(f, _)| f == filter)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &TopicFilter> {
+        self.0.iter().map(|(f, _)| f)
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// What a connection holds while it serves a client: given back with
 /// [`Sessions::release`].
 #[derive(Debug)]
 pub struct Held {
     pub client_id: Arc<str>,
     pub session: ServerSession,
-    pub subscriptions: HashMap<TopicFilter, SubscriptionRecord>,
+    pub subscriptions: SubscriptionSet,
     /// Also rings the holder when another connection takes this client id over.
     pub mailbox: Arc<Mailbox>,
     /// Identifies this holding: a release or an expiry from an older one is ignored.
@@ -42,7 +83,7 @@ pub struct Held {
 #[derive(Debug)]
 struct Parked {
     session: ServerSession,
-    subscriptions: HashMap<TopicFilter, SubscriptionRecord>,
+    subscriptions: SubscriptionSet,
 }
 
 #[derive(Debug)]
@@ -181,7 +222,7 @@ impl Sessions {
                         return Ok(Held {
                             session: self.new_session(client_id),
                             client_id: key,
-                            subscriptions: HashMap::new(),
+                            subscriptions: SubscriptionSet::default(),
                             mailbox,
                             generation,
                             session_present: false,
@@ -336,7 +377,7 @@ impl Sessions {
             let mailbox = Arc::new(Mailbox::new(self.mailbox_limits));
             mailbox.set_persistent(true);
             mailbox.put_back(r.queued.into_iter());
-            let mut subscriptions = HashMap::new();
+            let mut subscriptions = SubscriptionSet::default();
             for (filter, options, id) in r.subscriptions {
                 let subscriber = super::router::Subscriber {
                     mailbox: Arc::clone(&mailbox),

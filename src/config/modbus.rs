@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::raw::{self, PortOrPath, Text};
 use super::{Bus, Checker, ModbusDevice, Parity, Source};
-use crate::modbus::bus::{BusConfig, Rs485};
 use crate::modbus::Table;
+use crate::modbus::bus::{BusConfig, Rs485};
 use crate::modbus::value::{DataType, Encoding, Order};
 
 /// The default TCP port of Modbus/TCP (IANA "mbap").
@@ -131,7 +131,12 @@ impl Checker {
                 }
                 "modbus_tcp" | "modbus_rtu_over_tcp" => {
                     let rtu = b.kind.value == "modbus_rtu_over_tcp";
-                    self.not_here(&path, line, &format!("a {} bus", b.kind.value), &serial_only);
+                    self.not_here(
+                        &path,
+                        line,
+                        &format!("a {} bus", b.kind.value),
+                        &serial_only,
+                    );
                     let Some(host) = &b.host else {
                         self.problem(
                             &format!("{path}.host"),
@@ -221,7 +226,11 @@ impl Checker {
     /// A problem for each key set that this kind of entry does not take.
     fn not_here(&mut self, path: &str, line: Option<u64>, what: &str, keys: &[(&str, bool)]) {
         for (key, _) in keys.iter().filter(|(_, set)| *set) {
-            self.problem(&format!("{path}.{key}"), line, format!("{what} has no {key}"));
+            self.problem(
+                &format!("{path}.{key}"),
+                line,
+                format!("{what} has no {key}"),
+            );
         }
     }
 
@@ -280,7 +289,11 @@ impl Checker {
                 if known.is_empty() {
                     format!("{:?} is not a bus: there is no `buses:` section", bus.value)
                 } else {
-                    format!("{:?} is not one of the buses: {}", bus.value, known.join(", "))
+                    format!(
+                        "{:?} is not one of the buses: {}",
+                        bus.value,
+                        known.join(", ")
+                    )
                 },
             );
             return None;
@@ -300,8 +313,11 @@ impl Checker {
             return None;
         };
         let unit = self.number(&format!("{path}.unit"), &Some(unit.clone()), units, 1) as u8;
-        let timeout =
-            self.duration(&format!("{path}.timeout"), &d.timeout, Duration::from_secs(1));
+        let timeout = self.duration(
+            &format!("{path}.timeout"),
+            &d.timeout,
+            Duration::from_secs(1),
+        );
         if timeout.is_zero() {
             self.problem(&format!("{path}.timeout"), line, "must be more than 0s");
         }
@@ -310,7 +326,13 @@ impl Checker {
             .max_gap
             .as_ref()
             .map(|_| self.number(&format!("{path}.max_gap"), &d.max_gap, 0..=2000, 0) as u16);
-        let order = self.order(path, &d.order, &d.word_order, &d.byte_order, Order::default());
+        let order = self.order(
+            path,
+            &d.order,
+            &d.word_order,
+            &d.byte_order,
+            Order::default(),
+        );
         Some(ModbusDevice {
             order,
             bus: bus.value.clone(),
@@ -543,8 +565,8 @@ mod tests {
     use std::path::Path;
 
     use super::super::{Parity, Source, parse};
-    use crate::modbus::bus::BusConfig;
     use crate::modbus::Table;
+    use crate::modbus::bus::BusConfig;
     use crate::modbus::value::{DataType, Order};
 
     const GOOD: &str = "\
@@ -724,7 +746,10 @@ devices:
             ("buses[2].type", 11),
             ("devices[0].bus", 14),
             ("devices[1].order", 19),
-            ("devices[1].points[0].address: 70000 is out of range 0..=65535", 24),
+            (
+                "devices[1].points[0].address: 70000 is out of range 0..=65535",
+                24,
+            ),
             ("devices[1].points[1].address", 27),
             ("devices[1].points[2].type", 32),
             ("devices[1].points[3].bit", 36),

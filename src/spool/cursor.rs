@@ -14,6 +14,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::storage::frame::{self, Fields, Frame};
 use crate::storage::replace_file;
 
+use super::record::MAX_SEQ;
+
 pub(super) const FILE: &str = "cursor";
 pub(super) const TEMP: &str = "cursor.tmp";
 const MAGIC: &[u8; 8] = b"fgcursor";
@@ -58,10 +60,9 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Cursor> {
     if fields.bytes(MAGIC.len())? != MAGIC[..] {
         return None;
     }
-    Some(Cursor {
-        below: fields.u64()?,
-        floor: fields.u64()?,
-    })
+    let below = fields.u64()?;
+    let floor = fields.u64()?;
+    (below < MAX_SEQ && floor < MAX_SEQ).then_some(Cursor { below, floor })
 }
 
 pub(super) fn load(dir: &Path) -> io::Result<(Option<Cursor>, CursorState)> {
@@ -105,5 +106,10 @@ mod tests {
         let mut longer = bytes.to_vec();
         longer.push(0);
         assert_eq!(decode(&longer), None);
+        let absurd = encode(Cursor {
+            below: u64::MAX,
+            floor: u64::MAX,
+        });
+        assert_eq!(decode(&absurd), None, "well framed, but no real cursor");
     }
 }

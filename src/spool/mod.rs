@@ -37,9 +37,11 @@
 //!   written out in order and the record goes to disk as above.
 //!
 //! Records are handed out in sequence order and leave only when acknowledged (or
-//! dropped by `on_full: drop_oldest`, counted). An acknowledgement may reach the cursor
-//! file up to a second late (`fsync_interval` under `interval`): after a crash, records
-//! acknowledged in that window are sent again.
+//! dropped by `on_full: drop_oldest`, counted). Only the cursor is saved: records
+//! acknowledged out of order above it, and acknowledgements of the last second
+//! (`fsync_interval` under `interval`), are sent again after a restart: duplicates,
+//! never loss. The spool treats every record alike; whether QoS 0 messages go through
+//! it is the caller's choice.
 
 mod acks;
 mod consumer;

@@ -61,15 +61,22 @@ pub(super) fn put_frame(
     result
 }
 
+/// No sequence number reaches this (2^62 appends would take a million a second for
+/// 146,000 years); anything read from a file above it is damage, so sums of numbers
+/// from files never overflow.
+pub(super) const MAX_SEQ: u64 = 1 << 62;
+
 /// The sequence number of a frame body (all recovery needs: no decoding).
 pub(super) fn seq_of(body: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(body.get(..8)?.try_into().ok()?))
+    let seq = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+    (seq < MAX_SEQ).then_some(seq)
 }
 
 /// Decodes a frame body; `None` for a body this version cannot read.
 pub(super) fn decode(body: &[u8]) -> Option<Record> {
+    let seq = seq_of(body)?;
     let mut fields = Fields(Bytes::copy_from_slice(body));
-    let seq = fields.u64()?;
+    fields.u64()?;
     let Packet::Publish(publish) = fields.packet()? else {
         return None;
     };

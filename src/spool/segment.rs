@@ -42,7 +42,7 @@ fn parse_name(name: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|first| *first < record::MAX_SEQ)
 }
 
 /// The first sequence numbers of the segments in `dir`, in order. Other files are left
@@ -153,7 +153,10 @@ impl FrameReader {
             return Ok(false);
         }
         let want = needs.saturating_sub(self.buf.len()).max(CHUNK);
-        let want = want.min(usize::try_from(file_len - have_end).unwrap_or(usize::MAX));
+        // The file may have shrunk under us (it is only ever cut at recovery, but it is
+        // on a disk anyone can write to).
+        let left = file_len.saturating_sub(have_end);
+        let want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
         let old = self.buf.len();
         self.buf.resize(old + want, 0);
         let mut got = 0;
@@ -259,7 +262,12 @@ mod tests {
     #[test]
     fn names_sort_like_their_numbers_and_other_files_are_not_segments() {
         assert_eq!(file_name(42), "00000000000000000042.seg");
-        assert_eq!(parse_name(&file_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_name(&file_name(1 << 40)), Some(1 << 40));
+        assert_eq!(
+            parse_name(&file_name(u64::MAX)),
+            None,
+            "beyond any real number"
+        );
         assert_eq!(parse_name("42.seg"), None);
         assert_eq!(parse_name("0000000000000000004x.seg"), None);
         assert_eq!(parse_name("cursor"), None);

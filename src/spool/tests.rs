@@ -753,3 +753,47 @@ async fn no_damage_to_the_files_makes_open_or_replay_panic_or_invent_records() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_amid_appends_keeps_every_record_whose_append_had_resolved() {
+    let dir = TempDir::new("kill-9");
+    let cfg = segmented(&dir, 64 << 20);
+    let (spool, _consumer, _) = Spool::open(cfg.clone()).unwrap();
+    let resolved = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let appenders: Vec<_> = (0..8)
+        .map(|t| {
+            let spool = spool.clone();
+            let resolved = std::sync::Arc::clone(&resolved);
+            tokio::spawn(async move {
+                for i in 0..400 {
+                    let n = t * 1000 + i;
+                    let seq = spool.append(message(n)).await.unwrap();
+                    resolved.lock().unwrap().push((seq, n));
+                }
+            })
+        })
+        .collect();
+    // Wait (polling) until some are through, then "crash" while the rest keep coming.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while resolved.lock().unwrap().len() < 1000 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let acknowledged = resolved.lock().unwrap().clone();
+    let copy = dir.crash_copy("kill-9-crash");
+    for appender in appenders {
+        appender.await.unwrap();
+    }
+    let (_, mut consumer, _) = Spool::open(SpoolConfig {
+        dir: copy.path().to_path_buf(),
+        ..cfg
+    })
+    .unwrap();
+    let replayed = drain(&mut consumer).await;
+    assert!(replayed.windows(2).all(|w| w[0].seq < w[1].seq));
+    let found: std::collections::HashMap<u64, u64> =
+        replayed.iter().map(|r| (r.seq, number(r))).collect();
+    for (seq, n) in acknowledged {
+        assert_eq!(found.get(&seq), Some(&n), "record {seq} was acknowledged");
+    }
+}

@@ -1,6 +1,7 @@
 //! The spool against its promises: order, acknowledgement, bounds, recovery from torn
 //! and damaged files, group commit, and offline mode's silence on flash. A "crash" is a
-//! copy of the directory taken while the spool runs: what `kill -9` would leave.
+//! copy of the directory taken while the spool runs: what `kill -9` would leave. Tests
+//! close their spool before their directory goes, so the writer's last round finds it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -141,6 +142,7 @@ async fn appended_records_come_out_in_order_and_leave_when_acknowledged() {
     );
     consumer.rewind();
     assert!(drain(&mut consumer).await.is_empty(), "acknowledged: gone");
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -191,6 +193,7 @@ async fn rewind_hands_out_again_what_was_in_flight_but_not_what_was_acknowledged
     let again: Vec<u64> = drain(&mut consumer).await.iter().map(number).collect();
     assert_eq!(again, vec![0, 2, 3, 4]);
     assert_eq!(number(&first), 0);
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -266,6 +269,7 @@ async fn replay_reads_the_disk_when_memory_holds_nothing() {
     assert_eq!(taken, (0..500).collect::<Vec<_>>());
     consumer.rewind();
     assert_eq!(drain(&mut consumer).await.len(), 500, "again from disk");
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -296,6 +300,7 @@ async fn drop_oldest_deletes_whole_segments_and_counts_exactly_what_was_not_deli
     );
     assert_eq!(rest[0], 400 - stats.pending);
     assert_eq!(stats.rejected, 0);
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -333,6 +338,7 @@ async fn reject_new_refuses_and_counts_until_acknowledgements_free_room() {
         consumer.ack(record.seq);
     }
     spool.append(message(1000)).await.unwrap();
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -384,6 +390,7 @@ async fn fsync_always_shares_one_sync_among_concurrent_appenders() {
     let copy = dir.crash_copy("group-commit-crash");
     let (_, _, recovery) = Spool::open(config(&copy)).unwrap();
     assert_eq!(recovery.records, 64 * 20);
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -402,6 +409,7 @@ async fn fsync_interval_syncs_without_further_appends() {
         assert!(Instant::now() < deadline, "no sync within the interval");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -427,6 +435,7 @@ async fn offline_mode_writes_nothing_while_the_uplink_keeps_up() {
         (0, 0, 5000)
     );
     assert!(segment_files(dir.path()).is_empty());
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -463,6 +472,7 @@ async fn offline_mode_spills_memory_in_order_when_the_uplink_goes_down() {
     append_all(&spool, 8..10).await;
     let all: Vec<u64> = drain(&mut consumer).await.iter().map(number).collect();
     assert_eq!(all, (1..10).collect::<Vec<_>>());
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -492,6 +502,7 @@ async fn offline_mode_spills_when_memory_fills_and_returns_to_memory_once_caught
     let stats = spool.stats();
     assert_eq!(stats.memory_bytes, 0);
     assert_eq!(stats.bytes_written, written, "caught up: memory again");
+    spool.close().await;
 }
 
 #[tokio::test]
@@ -513,6 +524,8 @@ async fn sequence_numbers_never_repeat_even_for_memory_records_lost_in_a_crash()
     assert_eq!(recovery.records, 0, "memory records die with the process");
     let next = spool2.append(message(10)).await.unwrap();
     assert!(next > *seqs.last().unwrap());
+    spool.close().await;
+    spool2.close().await;
 }
 
 /// The segment's bytes and where its last frame starts.
@@ -796,4 +809,5 @@ async fn a_crash_amid_appends_keeps_every_record_whose_append_had_resolved() {
     for (seq, n) in acknowledged {
         assert_eq!(found.get(&seq), Some(&n), "record {seq} was acknowledged");
     }
+    spool.close().await;
 }

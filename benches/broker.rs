@@ -217,25 +217,6 @@ impl Drop for BrokerUnderTest {
     }
 }
 
-/// CPU time (user and system) of every live thread of `pid`, summed from
-/// `/proc/PID/task/*/schedstat` (nanoseconds, unlike the clock ticks of `/proc/PID/stat`).
-/// Threads that have exited drop out; the tokio workers of both processes live for the
-/// whole run.
-fn cpu_time(pid: u32) -> Duration {
-    let mut ns = 0u64;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-            ns += stat
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(ns)
-}
-
 /// The payload: send time (ns since `base`), publisher, sequence number, then filler.
 fn payload(base: Instant, publisher: u32, seq: u64) -> Bytes {
     let mut bytes = vec![b'.'; PAYLOAD_LEN];
@@ -568,8 +549,8 @@ async fn run_load(broker: &BrokerUnderTest, load: Load, id: &str, limit: Duratio
         return result;
     }
 
-    let generator_before = cpu_time(std::process::id());
-    let broker_before = cpu_time(broker.pid);
+    let generator_before = support::cpu_time(std::process::id());
+    let broker_before = support::cpu_time(broker.pid);
     let start_ns = base.elapsed().as_nanos() as u64;
     let start = tokio::time::Instant::now();
     let deadline = start + limit;
@@ -603,7 +584,13 @@ async fn run_load(broker: &BrokerUnderTest, load: Load, id: &str, limit: Duratio
             .sum::<u64>()
     };
     let pid = std::process::id();
-    let snapshot = || (start.elapsed(), cpu_time(pid), cpu_time(broker.pid));
+    let snapshot = || {
+        (
+            start.elapsed(),
+            support::cpu_time(pid),
+            support::cpu_time(broker.pid),
+        )
+    };
     let mut end = snapshot();
     let mut last_count = arrived();
     let mut last_change = tokio::time::Instant::now();

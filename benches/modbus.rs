@@ -262,16 +262,16 @@ fn time_ours(
     cycles: u64,
     server_pid: Option<u32>,
 ) -> Run {
-    let server_before = server_pid.map(cpu_time);
-    let cpu_before = cpu_time(std::process::id());
+    let server_before = server_pid.map(support::cpu_time);
+    let cpu_before = support::cpu_time(std::process::id());
     let start = Instant::now();
     let task = runtime.spawn(poll(bus.clone(), Arc::clone(device), cycles));
     let wrong = runtime.block_on(task).expect("the poll task ends");
     let wall = start.elapsed();
-    let cpu = cpu_time(std::process::id()).saturating_sub(cpu_before);
+    let cpu = support::cpu_time(std::process::id()).saturating_sub(cpu_before);
     let server_cpu = server_pid
         .zip(server_before)
-        .map(|(pid, before)| cpu_time(pid).saturating_sub(before));
+        .map(|(pid, before)| support::cpu_time(pid).saturating_sub(before));
     assert_eq!(
         wrong, 0,
         "values read through our bus differ from the loaded ones"
@@ -467,10 +467,10 @@ fn time_pymodbus(
         .strip_prefix("READY ")
         .unwrap_or_else(|| panic!("expected READY, got {ready:?}"))
         .to_owned();
-    let server_before = cpu_time(server.pid());
+    let server_before = support::cpu_time(server.pid());
     writeln!(stdin, "go").expect("tell the client to start");
     let done = next_line("DONE");
-    let server_cpu = cpu_time(server.pid()).saturating_sub(server_before);
+    let server_cpu = support::cpu_time(server.pid()).saturating_sub(server_before);
     let fields: Vec<f64> = done
         .strip_prefix("DONE ")
         .unwrap_or_else(|| panic!("expected DONE, got {done:?}"))
@@ -661,7 +661,7 @@ fn against_tokio_modbus(runtime: &Runtime, sizes: &Sizes) {
                 ours.push(time_ours(runtime, &bus, &device, cycles, None));
                 continue;
             }
-            let cpu_before = cpu_time(std::process::id());
+            let cpu_before = support::cpu_time(std::process::id());
             let start = Instant::now();
             let task = runtime.spawn(poll_bare(context, Arc::clone(&expected), cycles));
             let (back, wrong) = runtime.block_on(task).expect("the poll task ends");
@@ -671,7 +671,7 @@ fn against_tokio_modbus(runtime: &Runtime, sizes: &Sizes) {
             bare.push(Run {
                 cycles,
                 wall,
-                cpu: cpu_time(std::process::id()).saturating_sub(cpu_before),
+                cpu: support::cpu_time(std::process::id()).saturating_sub(cpu_before),
                 server_cpu: None,
             });
         }
@@ -701,23 +701,6 @@ fn against_tokio_modbus(runtime: &Runtime, sizes: &Sizes) {
         ours.points_per_second / bare.points_per_second,
         ours.cpu_us_per_cycle / bare.cpu_us_per_cycle
     );
-}
-
-/// CPU time (user and system) of every live thread of `pid`, summed from
-/// `/proc/PID/task/*/schedstat` (nanoseconds, unlike the clock ticks of `/proc/PID/stat`).
-fn cpu_time(pid: u32) -> Duration {
-    let mut ns = 0u64;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-            ns += stat
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(ns)
 }
 
 // ---------------------------------------------------------------------------------------

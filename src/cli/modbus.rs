@@ -608,18 +608,9 @@ fn table(word: &str) -> Option<Table> {
 /// The `--type` names, as the configuration spells them (strings and bit patterns are
 /// not offered: they are not what commissioning a number needs).
 fn data_type(word: &str) -> Option<DataType> {
-    Some(match word.to_ascii_lowercase().as_str() {
-        "u16" => DataType::U16,
-        "i16" => DataType::I16,
-        "u32" => DataType::U32,
-        "i32" => DataType::I32,
-        "u64" => DataType::U64,
-        "i64" => DataType::I64,
-        "f32" => DataType::F32,
-        "f64" => DataType::F64,
-        "bool" => DataType::Bool,
-        _ => return None,
-    })
+    word.parse()
+        .ok()
+        .filter(|t| !matches!(t, DataType::String { .. } | DataType::Bits))
 }
 
 /// `--value` as a `Value` of `data_type`. Integers are checked here against the type's

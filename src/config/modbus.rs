@@ -30,28 +30,6 @@ fn modbus_point_keys(p: &raw::RawPoint) -> [(&'static str, bool); 9] {
     ]
 }
 
-/// Parses `u16`, `f32`, `string(8)`, ...
-fn data_type(word: &str) -> Option<DataType> {
-    Some(match word {
-        "bool" => DataType::Bool,
-        "u16" => DataType::U16,
-        "i16" => DataType::I16,
-        "u32" => DataType::U32,
-        "i32" => DataType::I32,
-        "u64" => DataType::U64,
-        "i64" => DataType::I64,
-        "f32" => DataType::F32,
-        "f64" => DataType::F64,
-        "bits" => DataType::Bits,
-        other => {
-            let len = other.strip_prefix("string(")?.strip_suffix(')')?;
-            DataType::String {
-                len: len.trim().parse().ok()?,
-            }
-        }
-    })
-}
-
 impl Checker {
     pub(super) fn buses(&mut self, raw: &[raw::RawBus]) -> Vec<Bus> {
         let mut buses: Vec<Bus> = Vec::new();
@@ -452,8 +430,8 @@ impl Checker {
         };
         let data_type = match &p.data_type {
             None => default_type,
-            Some(t) => match data_type(&t.value) {
-                Some(DataType::String { len }) if len == 0 || len > 250 => {
+            Some(t) => match t.value.parse::<DataType>() {
+                Ok(DataType::String { len }) if len == 0 || len > 250 => {
                     self.problem(
                         &format!("{path}.type"),
                         Some(t.referenced.line()),
@@ -461,16 +439,12 @@ impl Checker {
                     );
                     return None;
                 }
-                Some(data_type) => data_type,
-                None => {
+                Ok(data_type) => data_type,
+                Err(e) => {
                     self.problem(
                         &format!("{path}.type"),
                         Some(t.referenced.line()),
-                        format!(
-                            "{:?} is not one of bool, u16, i16, u32, i32, u64, i64, f32, f64, \
-                             string(len), bits",
-                            t.value
-                        ),
+                        e.to_string(),
                     );
                     return None;
                 }

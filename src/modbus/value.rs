@@ -80,6 +80,44 @@ impl DataType {
     }
 }
 
+/// The fixed-size types, by the name configuration files use.
+const NAMED_TYPES: [DataType; 10] = [
+    DataType::Bool,
+    DataType::U16,
+    DataType::I16,
+    DataType::U32,
+    DataType::I32,
+    DataType::U64,
+    DataType::I64,
+    DataType::F32,
+    DataType::F64,
+    DataType::Bits,
+];
+
+/// A `type:` that is not one of the names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not one of bool, u16, i16, u32, i32, u64, i64, f32, f64, string(len), bits")]
+pub struct DataTypeError(pub String);
+
+impl FromStr for DataType {
+    type Err = DataTypeError;
+
+    /// `u16`, `f32`, `string(8)`, ... (any case).
+    fn from_str(word: &str) -> Result<DataType, DataTypeError> {
+        let unknown = || DataTypeError(word.to_owned());
+        let lower = word.trim().to_ascii_lowercase();
+        if let Some(found) = NAMED_TYPES.into_iter().find(|t| t.name() == lower) {
+            return Ok(found);
+        }
+        let len = lower
+            .strip_prefix("string(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .ok_or_else(unknown)?;
+        let len = len.trim().parse().map_err(|_| unknown())?;
+        Ok(DataType::String { len })
+    }
+}
+
 impl fmt::Display for DataType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -466,3 +466,22 @@ impl Drop for Mosquitto {
         let _ = self.child.wait();
     }
 }
+
+/// CPU time (user and system) of every live thread of process `pid`, summed from
+/// `/proc/PID/task/*/schedstat` (nanoseconds, unlike the clock ticks of `/proc/PID/stat`).
+/// Threads that have exited drop out; benchmarks measure processes whose threads live for
+/// the whole run.
+pub fn cpu_time(pid: u32) -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}

@@ -4,7 +4,7 @@
 //! its QoS 1/2 messages wait here.
 //!
 //! Bounded by message count and bytes; what does not fit is dropped and counted, never
-//! silently (see `Mailbox::push`). It must not know about sockets or packets.
+//! silently (see `Mailbox::offer`). It must not know about sockets or packets.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

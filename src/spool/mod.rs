@@ -347,12 +347,25 @@ impl Spool {
 
     /// Appends `publish` and resolves once it is as durable as the mode promises (see
     /// the module's Guarantees); returns its sequence number. Waits while the writer is
-    /// more than 8 MiB behind.
+    /// more than 8 MiB behind. The same as [`enqueue`](Self::enqueue) then
+    /// [`Enqueued::durable`].
     ///
     /// # Cancel safety
     /// Once the record is taken, cancelling only stops the wait: the record stays in the
     /// spool and will be delivered.
     pub async fn append(&self, publish: Publish) -> Result<u64, SpoolError> {
+        self.enqueue(publish).await?.durable().await
+    }
+
+    /// Takes `publish` (it has its sequence number and its place in the order once this
+    /// returns) without waiting for it to be durable: [`Enqueued::durable`] does that.
+    /// This lets one task take many records in order and wait for them together, so
+    /// that under `fsync: always` they share syncs. Waits only while the writer is more
+    /// than 8 MiB behind.
+    ///
+    /// # Cancel safety
+    /// If cancelled, the record was not taken.
+    pub async fn enqueue(&self, publish: Publish) -> Result<Enqueued, SpoolError> {
         let publish = record::outgoing(publish);
         let size = record::frame_len(&publish)?;
         let shared = self.shared();
@@ -378,28 +391,15 @@ impl Spool {
                 .await;
         };
         shared.new_records.notify_one();
-        if !placed.on_disk {
-            return Ok(placed.seq);
+        if placed.on_disk {
+            shared.wake_writer.notify_one();
         }
-        shared.wake_writer.notify_one();
-        let seq = placed.seq;
-        let durable = |p: &Progress| {
-            if always {
-                p.synced > seq
-            } else {
-                p.written > seq
-            }
-        };
-        let mut progress = shared.progress.subscribe();
-        let reached = match progress.wait_for(|p| p.stopped || durable(p)).await {
-            Ok(p) => durable(&p),
-            Err(_) => false,
-        };
-        if reached {
-            Ok(seq)
-        } else {
-            Err(shared.stop_reason())
-        }
+        Ok(Enqueued {
+            spool: self.clone(),
+            seq: placed.seq,
+            on_disk: placed.on_disk,
+            always,
+        })
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -419,5 +419,55 @@ impl Spool {
         shared.new_records.notify_one();
         let mut progress = shared.progress.subscribe();
         let _ = progress.wait_for(|p| p.stopped).await;
+    }
+}
+
+/// A record the spool has taken (see [`Spool::enqueue`]), not yet known to be as durable
+/// as the mode promises.
+#[derive(Debug)]
+#[must_use = "a taken record is delivered anyway; `durable` says when it is safe"]
+pub struct Enqueued {
+    spool: Spool,
+    seq: u64,
+    on_disk: bool,
+    always: bool,
+}
+
+impl Enqueued {
+    /// Its sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Resolves once the record is as durable as the mode promises (see the module's
+    /// Guarantees) and returns its sequence number; fails if the spool stopped or closed
+    /// before that.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the record stays in the spool; only the wait is dropped.
+    pub async fn durable(self) -> Result<u64, SpoolError> {
+        if !self.on_disk {
+            return Ok(self.seq);
+        }
+        let shared = self.spool.shared();
+        let seq = self.seq;
+        let always = self.always;
+        let durable = |p: &Progress| {
+            if always {
+                p.synced > seq
+            } else {
+                p.written > seq
+            }
+        };
+        let mut progress = shared.progress.subscribe();
+        let reached = match progress.wait_for(|p| p.stopped || durable(p)).await {
+            Ok(p) => durable(&p),
+            Err(_) => false,
+        };
+        if reached {
+            Ok(seq)
+        } else {
+            Err(shared.stop_reason())
+        }
     }
 }

@@ -811,3 +811,31 @@ async fn a_crash_amid_appends_keeps_every_record_whose_append_had_resolved() {
     }
     spool.close().await;
 }
+
+#[tokio::test]
+async fn records_taken_with_enqueue_keep_their_order_and_share_syncs_when_awaited_together() {
+    let dir = TempDir::new("enqueue");
+    let (spool, mut consumer, _) = Spool::open(SpoolConfig {
+        fsync: Fsync::Always,
+        ..config(&dir)
+    })
+    .unwrap();
+    let mut taken = Vec::new();
+    for n in 0..50 {
+        taken.push(spool.enqueue(message(n)).await.unwrap());
+    }
+    let seqs: Vec<u64> = taken.iter().map(Enqueued::seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let syncs_before = spool.stats().syncs;
+    for enqueued in taken {
+        enqueued.durable().await.unwrap();
+    }
+    let syncs = spool.stats().syncs - syncs_before;
+    assert!(
+        syncs < 25,
+        "50 records waited on together took {syncs} syncs"
+    );
+    let records = drain(&mut consumer).await;
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+    spool.close().await;
+}

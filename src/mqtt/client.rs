@@ -26,7 +26,8 @@ use crate::mqtt::packet::{
     Publish, ReasonCode, SubscribeProperties, Subscription, UnsubscribeProperties,
 };
 use crate::mqtt::session::client::{
-    ClientConfig, ClientSession, DisconnectCause, Event, PublishToken, RequestToken, SessionError,
+    ClientConfig, ClientSession, DisconnectCause, Event, InboundAck, PublishToken, RequestToken,
+    SessionError,
 };
 use crate::mqtt::topic::TopicFilter;
 
@@ -151,6 +152,21 @@ impl Delivery {
     }
 }
 
+/// Polling a `Delivery` in place is [`Delivery::delivered`] without giving it up, so
+/// that a queue of them can wait on its oldest (the upstream pump does).
+impl std::future::Future for Delivery {
+    type Output = Result<(), DeliveryError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|outcome| outcome.unwrap_or(Err(DeliveryError::Stopped)))
+    }
+}
+
 /// What the application receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
@@ -164,6 +180,9 @@ pub enum ClientEvent {
     /// TCP or TLS could not be established.
     Unreachable(String),
     Message(Publish),
+    /// With `manual_acks`: a QoS 1/2 message to acknowledge with [`Handle::ack`] once the
+    /// application has made it safe, in the order received.
+    MessageToAck(Publish, InboundAck),
     /// Subscriptions re-made after the broker lost our session.
     Resubscribed(Vec<ReasonCode>),
 }
@@ -201,6 +220,7 @@ enum Request {
     Disconnect {
         done: oneshot::Sender<()>,
     },
+    Ack(InboundAck),
 }
 
 /// Sends requests to the client task. Cheap to clone.
@@ -216,6 +236,7 @@ impl std::fmt::Debug for Request {
             Request::Subscribe { .. } => "Subscribe",
             Request::Unsubscribe { .. } => "Unsubscribe",
             Request::Disconnect { .. } => "Disconnect",
+            Request::Ack(_) => "Ack",
         })
     }
 }
@@ -299,6 +320,20 @@ impl Handle {
             .await
             .map_err(|_| ClientError::Stopped)?;
         rx.await.map_err(|_| ClientError::Stopped)?
+    }
+
+    /// Acknowledges an inbound message received as [`ClientEvent::MessageToAck`] (see
+    /// [`ClientConfig::manual_acks`]): its PUBACK or PUBREC goes out now, or when the
+    /// broker sends it again after a reconnect.
+    ///
+    /// # Cancel safety
+    /// If cancelled, the acknowledgement was either queued or not at all; an
+    /// unacknowledged message is sent again by the broker after a reconnect.
+    pub async fn ack(&self, ack: InboundAck) -> Result<(), ClientError> {
+        self.requests
+            .send(Request::Ack(ack))
+            .await
+            .map_err(|_| ClientError::Stopped)
     }
 
     /// Sends DISCONNECT (so the broker drops our will), closes the connection and stops
@@ -670,6 +705,7 @@ impl Task {
                     }
                 }
             }
+            Request::Ack(ack) => self.session.ack_message(ack, now),
             Request::Disconnect { done } => {
                 self.stopping = Some(done);
                 // Queues DISCONNECT (the session is now Closing); `serve` writes it and then
@@ -710,6 +746,9 @@ impl Task {
         match event {
             Event::Message(publish) => {
                 let _ = self.emit(ClientEvent::Message(publish)).await;
+            }
+            Event::MessageToAck(publish, ack) => {
+                let _ = self.emit(ClientEvent::MessageToAck(publish, ack)).await;
             }
             Event::Delivered(token) => {
                 if let Some(tx) = self.deliveries.remove(&token) {

@@ -25,7 +25,8 @@ use fieldgate::mqtt::packet::{
     WillProperties,
 };
 use fieldgate::mqtt::session::client::{
-    ClientConfig, ClientSession, DisconnectCause, Event, PublishToken, RequestToken, SessionError,
+    ClientConfig, ClientSession, DisconnectCause, Event, InboundAck, PublishToken, RequestToken,
+    SessionError,
 };
 use fieldgate::mqtt::session::packet_id::PacketIdPool;
 use fieldgate::mqtt::string::MqttString;
@@ -1647,6 +1648,116 @@ fn inbound_qos2_is_delivered_once_and_a_duplicate_only_gets_pubrec_again() {
         h.recv(Packet::Publish(m.clone()));
         assert_eq!(h.events(), [Event::Message(m)]);
     }
+}
+
+/// A persistent session whose inbound QoS 1/2 messages the application acknowledges.
+fn manual(protocol: ProtocolVersion) -> Harness {
+    Harness::with(protocol, |c| {
+        c.session_expiry_interval = 3600;
+        c.clean_start = false;
+        c.manual_acks = true;
+    })
+}
+
+/// The one `MessageToAck` among `events`.
+fn only_to_ack(events: &[Event]) -> (Publish, InboundAck) {
+    match events {
+        [Event::MessageToAck(p, ack)] => (p.clone(), *ack),
+        other => panic!("expected exactly one MessageToAck, got {other:?}"),
+    }
+}
+
+#[test]
+fn with_manual_acks_inbound_qos1_and_qos2_are_answered_only_when_the_application_acks() {
+    for protocol in BOTH {
+        let mut h = manual(protocol);
+        h.connect(false);
+        h.expect_connected(false);
+        let one = inbound("t", QoS::AtLeastOnce, Some(3));
+        h.recv(Packet::Publish(one.clone()));
+        let (got, ack1) = only_to_ack(&h.events());
+        assert_eq!(got, one, "{protocol}");
+        assert!(h.sent().is_empty(), "{protocol}: no PUBACK before the ack");
+        let two = inbound("u", QoS::ExactlyOnce, Some(4));
+        h.recv(Packet::Publish(two.clone()));
+        let (_, ack2) = only_to_ack(&h.events());
+        assert!(h.sent().is_empty(), "{protocol}: no PUBREC before the ack");
+
+        h.session.ack_message(ack1, h.now);
+        assert_eq!(h.sent(), [puback(3)], "{protocol}");
+        h.session.ack_message(ack1, h.now);
+        assert!(h.sent().is_empty(), "{protocol}: a second ack does nothing");
+        h.session.ack_message(ack2, h.now);
+        assert_eq!(h.sent(), [pubrec(4)], "{protocol}");
+        // The QoS 2 flow then goes on as usual: a resend only gets PUBREC again.
+        h.recv(Packet::Publish(Publish {
+            dup: true,
+            ..two.clone()
+        }));
+        assert!(h.events().is_empty());
+        assert_eq!(h.sent(), [pubrec(4)]);
+        h.recv(pubrel(4));
+        assert_eq!(h.sent(), [pubcomp(4)]);
+        // QoS 0 needs no acknowledgement and comes as a plain Message.
+        let zero = inbound("t", QoS::AtMostOnce, None);
+        h.recv(Packet::Publish(zero.clone()));
+        assert_eq!(h.events(), [Event::Message(zero)]);
+    }
+}
+
+#[test]
+fn with_manual_acks_a_resend_is_not_reported_twice_and_an_ack_given_offline_answers_it() {
+    let mut h = manual(V5);
+    h.connect(false);
+    h.expect_connected(false);
+    let m = inbound("t", QoS::AtLeastOnce, Some(9));
+    h.recv(Packet::Publish(m.clone()));
+    let (_, ack) = only_to_ack(&h.events());
+    // The connection drops before the application is done: the server (which keeps our
+    // session) sends the message again; the application still has it.
+    h.close();
+    h.events();
+    assert!(h.connect(true).is_empty());
+    h.expect_connected(true);
+    let resend = Publish {
+        dup: true,
+        ..m.clone()
+    };
+    h.recv(Packet::Publish(resend.clone()));
+    assert!(h.events().is_empty(), "the resend is not a new message");
+    assert!(h.sent().is_empty());
+    // Acknowledged while offline: the answer waits for the server's resend.
+    h.close();
+    h.events();
+    h.session.ack_message(ack, h.now);
+    assert!(h.sent().is_empty());
+    h.connect(true);
+    h.expect_connected(true);
+    h.recv(Packet::Publish(resend));
+    assert!(h.events().is_empty());
+    assert_eq!(h.sent(), [puback(9)]);
+}
+
+#[test]
+fn with_manual_acks_an_ack_from_before_the_server_lost_our_session_does_not_answer_a_new_message() {
+    let mut h = manual(V5);
+    h.connect(false);
+    h.expect_connected(false);
+    h.recv(Packet::Publish(inbound("t", QoS::AtLeastOnce, Some(5))));
+    let (_, old) = only_to_ack(&h.events());
+    h.close();
+    h.events();
+    // The server lost our session: id 5 may now name another message.
+    h.connect(false);
+    h.expect_connected(false);
+    let new = inbound("t2", QoS::AtLeastOnce, Some(5));
+    h.recv(Packet::Publish(new.clone()));
+    let (got, fresh) = only_to_ack(&h.events());
+    assert_eq!(got, new);
+    h.session.ack_message(old, h.now);
+    assert!(h.sent().is_empty(), "the old acknowledgement is stale");
+    h.session.ack_message(fresh, h.now);
+    assert_eq!(h.sent(), [puback(5)]);
 }
 
 #[test]

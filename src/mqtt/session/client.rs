@@ -55,6 +55,11 @@ pub struct ClientConfig {
     /// [`ClientSession::publish`] refuses more: the caller holds them (bounded memory).
     pub max_pending: usize,
     pub user_properties: Vec<UserProperty>,
+    /// Inbound QoS 1/2 messages are acknowledged (PUBACK, PUBREC) only when the
+    /// application says so ([`ClientSession::ack_message`]), not on arrival: a message
+    /// the application has not made safe yet is then sent again by the server after a
+    /// crash, if it keeps our session. They arrive as [`Event::MessageToAck`].
+    pub manual_acks: bool,
 }
 
 impl ClientConfig {
@@ -77,6 +82,7 @@ impl ClientConfig {
             response_timeout: Duration::from_secs(10),
             max_pending: 1000,
             user_properties: Vec::new(),
+            manual_acks: false,
         }
     }
 }
@@ -85,6 +91,16 @@ impl ClientConfig {
 /// [`Event::PublishFailed`]. Unlike packet ids these are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublishToken(pub u64);
+
+/// What the application hands back to [`ClientSession::ack_message`] once it has dealt
+/// with an inbound QoS 1/2 message ([`ClientConfig::manual_acks`]). It carries the
+/// server session it belongs to: after the server lost our session, a packet id may name
+/// a new message, which an old acknowledgement must not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InboundAck {
+    pub packet_id: PacketId,
+    epoch: u64,
+}
 
 /// Identifies one subscribe or unsubscribe request in its acknowledgement event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,6 +122,11 @@ pub enum Event {
     Disconnected(DisconnectCause),
     /// An application message from the server, topic alias already resolved.
     Message(Publish),
+    /// With [`ClientConfig::manual_acks`]: an inbound QoS 1/2 message to acknowledge with
+    /// [`ClientSession::ack_message`] once dealt with, in the order they came
+    /// ([MQTT-4.6.0-2]). Until then the server may send it again (after a reconnect), and
+    /// that copy is not reported again.
+    MessageToAck(Publish, InboundAck),
     /// A QoS 1/2 publish completed (PUBACK / PUBCOMP); a QoS 0 one was handed to the
     /// transport.
     Delivered(PublishToken),
@@ -199,6 +220,17 @@ struct Pending {
     message: Publish,
 }
 
+/// An inbound QoS 1/2 message under `manual_acks`, between its arrival and the PUBACK
+/// or PUBREC on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AppAck {
+    qos: QoS,
+    /// The application acknowledged it while no connection was up: the answer goes out
+    /// when the server sends it again (it must, with DUP, after a reconnect with our
+    /// session).
+    acked: bool,
+}
+
 /// Who asked for a SUBSCRIBE: the caller, or the session re-making lost subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -281,6 +313,11 @@ pub struct ClientSession {
     /// Inbound QoS 2 ids between PUBREC and PUBREL: a PUBLISH with one of these is a
     /// duplicate and is not delivered again.
     incoming_qos2: BTreeSet<PacketId>,
+    /// With `manual_acks`: inbound QoS 1/2 messages reported and not yet acknowledged
+    /// on the wire, by packet id (see [`AppAck`]).
+    awaiting_app: HashMap<PacketId, AppAck>,
+    /// Counts the server sessions this session has seen; in every [`InboundAck`].
+    epoch: u64,
     /// Topic aliases (5.0): ours toward the server, and the server's toward us.
     outbound_aliases: HashMap<TopicName, NonZeroU16>,
     inbound_aliases: HashMap<u16, TopicName>,
@@ -312,6 +349,8 @@ impl ClientSession {
             requests_sent: 0,
             subscriptions: Vec::new(),
             incoming_qos2: BTreeSet::new(),
+            awaiting_app: HashMap::new(),
+            epoch: 0,
             outbound_aliases: HashMap::new(),
             inbound_aliases: HashMap::new(),
             last_sent: None,
@@ -487,6 +526,39 @@ impl ClientSession {
         self.pending.push_back(Pending { token, message });
         self.pump();
         Ok(token)
+    }
+
+    /// The application has dealt with an inbound message it got as
+    /// [`Event::MessageToAck`]: sends its PUBACK (QoS 1) or PUBREC (QoS 2). Without a
+    /// connection the answer goes out when the server sends the message again. An
+    /// acknowledgement from before the server lost our session, or a second one, does
+    /// nothing.
+    pub fn ack_message(&mut self, ack: InboundAck, now: Instant) {
+        self.now = Some(now);
+        if ack.epoch != self.epoch {
+            return;
+        }
+        let id = ack.packet_id;
+        let Some(entry) = self.awaiting_app.get_mut(&id) else {
+            return;
+        };
+        if self.state != State::Connected {
+            entry.acked = true;
+            return;
+        }
+        let qos = entry.qos;
+        self.awaiting_app.remove(&id);
+        self.answer_inbound(id, qos);
+    }
+
+    /// PUBACK, or PUBREC (the id then waits for PUBREL).
+    fn answer_inbound(&mut self, id: PacketId, qos: QoS) {
+        if qos == QoS::ExactlyOnce {
+            self.incoming_qos2.insert(id);
+            self.send(Packet::PubRec(PubResponse::success(id)));
+        } else {
+            self.send(Packet::PubAck(PubResponse::success(id)));
+        }
     }
 
     /// Subscribes; the answer comes as [`Event::Subscribed`]. Queued until connected.
@@ -702,6 +774,10 @@ impl ClientSession {
             self.pending.push_front(p);
         }
         self.incoming_qos2.clear();
+        // The server forgot the messages it was waiting for us to acknowledge: what the
+        // application acknowledges from now on belongs to this new session only.
+        self.awaiting_app.clear();
+        self.epoch += 1;
         self.requeue_unanswered();
         self.ids.clear();
         if !self.subscriptions.is_empty() {
@@ -812,6 +888,9 @@ impl ClientSession {
         }
         match (publish.qos, publish.packet_id) {
             (QoS::AtMostOnce, _) => self.event(Event::Message(publish)),
+            (qos, Some(id)) if self.config.manual_acks && !self.incoming_qos2.contains(&id) => {
+                self.on_publish_to_ack(publish, qos, id);
+            }
             (QoS::AtLeastOnce, Some(id)) => {
                 self.event(Event::Message(publish));
                 self.send(Packet::PubAck(PubResponse::success(id)));
@@ -833,6 +912,40 @@ impl ClientSession {
             }
             // The codec guarantees a packet id for QoS 1/2.
             (_, None) => {}
+        }
+    }
+
+    /// An inbound QoS 1/2 PUBLISH under `manual_acks` (a QoS 2 id already answered with
+    /// PUBREC went the usual way: PUBREC again).
+    fn on_publish_to_ack(&mut self, publish: Publish, qos: QoS, id: PacketId) {
+        match self.awaiting_app.get(&id).copied() {
+            // Sent again while the application still has it: reported once is enough.
+            Some(AppAck { acked: false, .. }) => {}
+            // Acknowledged while we were offline, and this is the server's resend.
+            Some(AppAck { acked: true, .. }) if publish.dup => {
+                self.awaiting_app.remove(&id);
+                self.answer_inbound(id, qos);
+            }
+            // Not a resend: the id names a new message (the old one was finished on the
+            // server's side), so it is reported like any other.
+            entry => {
+                if entry.is_none()
+                    && self.awaiting_app.len() + self.incoming_qos2.len()
+                        >= usize::from(self.config.receive_maximum.get())
+                {
+                    self.violation(
+                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                        "more unacknowledged QoS 1/2 messages than our Receive Maximum".into(),
+                    );
+                    return;
+                }
+                self.awaiting_app.insert(id, AppAck { qos, acked: false });
+                let ack = InboundAck {
+                    packet_id: id,
+                    epoch: self.epoch,
+                };
+                self.event(Event::MessageToAck(publish, ack));
+            }
         }
     }
 

@@ -6,9 +6,17 @@
 //! Topics (`<prefix>` is `gateway.topic_prefix`, `fieldgate/<id>` by default):
 //! `<prefix>/<device>/<point>` telemetry; `<prefix>/<device>/<point>/set` commands and
 //! `.../set/result` their results; `<prefix>/availability` and
-//! `<prefix>/<device>/availability`, retained `online`/`offline`.
+//! `<prefix>/<device>/availability`, retained `online`/`offline`; `<prefix>/$SYS/spool`
+//! the upstream path's counters (see `upstream`).
+//!
+//! With an upstream, QoS 1/2 telemetry and forwarded LAN messages go through the spool
+//! (`app::upstream`); availability, command results and discovery go to the upstream
+//! client directly (its session keeps QoS 1/2 ones across reconnects, not restarts).
 
 mod modbus;
+mod upstream;
+
+pub use upstream::{UpstreamError, UpstreamStats};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +52,8 @@ pub enum AppError {
     Topic(String),
     #[error("device on bus {0:?}, which is not configured")]
     UnknownBus(String),
+    #[error("upstream spool: {0}")]
+    Spool(#[from] UpstreamError),
 }
 
 /// A command for a device task: the point, the parsed command or why its payload is not
@@ -67,7 +77,47 @@ pub struct Gateway {
     clients: Vec<Handle>,
     prefix: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The spool and its pump, with an upstream.
+    upstream: Option<upstream::Running>,
 }
+
+/// Where readings and availability go: the local broker's client, and with an upstream,
+/// its path (the spool for QoS 1/2, the client for the rest).
+#[derive(Debug, Clone)]
+struct Outputs {
+    local: Handle,
+    upstream: Option<upstream::UpstreamPath>,
+}
+
+impl Outputs {
+    /// Both clients, for what does not go through the spool.
+    fn handles(&self) -> impl Iterator<Item = &Handle> {
+        std::iter::once(&self.local).chain(self.upstream.as_ref().map(|u| u.handle()))
+    }
+}
+
+/// Where a broker's messages matching `forward` rules are copied to.
+#[derive(Debug)]
+enum ForwardTo {
+    /// The local broker (rules `from: upstream`).
+    Local(Handle),
+    /// The upstream path (rules `from: local`): through the spool at QoS 1/2.
+    Upstream(upstream::UpstreamPath),
+}
+
+/// How long the local broker keeps the gateway's session while the gateway is away:
+/// only across a restart (the broker runs in the same process), so a week is plenty; a
+/// bound keeps a session whose client id changed from lingering for ever.
+const LOCAL_SESSION_EXPIRY: u32 = 7 * 24 * 3600;
+
+/// How long the upstream broker keeps the gateway's session across a network cut (MQTT
+/// 5): unacknowledged QoS 2 messages are then completed, not sent as new ones. Each
+/// start begins clean (see `connect_upstream`).
+const UPSTREAM_SESSION_EXPIRY: u32 = 24 * 3600;
+
+/// Inbound QoS 1/2 messages the local broker may have waiting for the gateway's
+/// acknowledgement (our Receive Maximum): the acknowledgement queue's room.
+const LOCAL_RECEIVE_MAXIMUM: u16 = 100;
 
 fn topic(name: &str) -> Result<TopicName, AppError> {
     TopicName::try_from(name).map_err(|_| AppError::Topic(name.to_string()))
@@ -103,14 +153,30 @@ impl Gateway {
                     .map(|(a, _)| *a)
             })
             .ok_or(AppError::NoLocalBroker)?;
-        let local = connect_local(&config, addr, &prefix)?;
+        // Forwarding LAN messages up: the local client's session outlives a crash and it
+        // acknowledges a message only once the spool has it (see `app::upstream`).
+        let forwards_up =
+            config.upstream.is_some() && config.forward.iter().any(|r| r.from == Side::Local);
+        let local = connect_local(&config, addr, &prefix, forwards_up)?;
         let upstream = match &config.upstream {
             Some(upstream) => Some(connect_upstream(&config, upstream, &prefix)?),
             None => None,
         };
+        let (mut running, link) = match (&config.upstream, &upstream) {
+            (Some(settings), Some((handle, _))) => {
+                let (running, link) =
+                    upstream::start(settings.spool.clone(), handle.clone()).await?;
+                (Some(running), Some(link))
+            }
+            _ => (None, None),
+        };
         let clients: Vec<Handle> = std::iter::once(local.0.clone())
             .chain(upstream.as_ref().map(|(h, _)| h.clone()))
             .collect();
+        let outputs = Outputs {
+            local: local.0.clone(),
+            upstream: running.as_ref().map(|r| r.path.clone()),
+        };
         // Commands arrive as client events; each goes to its device's task.
         let mut routes: HashMap<String, mpsc::Sender<DeviceCommand>> = HashMap::new();
         let mut inboxes = Vec::new();
@@ -120,6 +186,17 @@ impl Gateway {
             inboxes.push(rx);
         }
         let mut tasks = Vec::new();
+        if let Some(running) = &mut running {
+            running.start_status(&prefix, local.0.clone());
+        }
+        let acks = if forwards_up {
+            let (acks, task) =
+                upstream::spawn_acker(local.0.clone(), usize::from(LOCAL_RECEIVE_MAXIMUM));
+            tasks.push(task);
+            Some(acks)
+        } else {
+            None
+        };
         let routes = std::sync::Arc::new(routes);
         let discovery = config.discovery_prefix.as_ref().map(|discovery_prefix| {
             let messages: Vec<discovery::Discovery> = config
@@ -129,13 +206,16 @@ impl Gateway {
                 .collect();
             std::sync::Arc::new((format!("{discovery_prefix}/status"), messages))
         });
-        let upstream_handle = upstream.as_ref().map(|(h, _)| h.clone());
+        let up_path = outputs.upstream.clone().map(ForwardTo::Upstream);
         let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
         let sides = [
-            Some((Side::Local, local, upstream_handle, Some(ready_tx))),
-            upstream.map(|u| (Side::Upstream, u, Some(clients[0].clone()), None)),
+            Some((Side::Local, local, up_path, Some(ready_tx), None, acks)),
+            upstream.map(|u| {
+                let to_local = Some(ForwardTo::Local(clients[0].clone()));
+                (Side::Upstream, u, to_local, None, link, None)
+            }),
         ];
-        for (side, (handle, events), other, ready) in sides.into_iter().flatten() {
+        for (side, (handle, events), forward_to, ready, link, acks) in sides.into_iter().flatten() {
             let rules: Vec<Forward> = config
                 .forward
                 .iter()
@@ -146,7 +226,9 @@ impl Gateway {
                 ServeClient {
                     prefix: prefix.clone(),
                     handle,
-                    other,
+                    forward_to,
+                    link,
+                    acks,
                     rules,
                     routes: std::sync::Arc::clone(&routes),
                     discovery: discovery.clone(),
@@ -166,21 +248,21 @@ impl Gateway {
                 Source::Sim => tokio::spawn(run_sim_device(
                     device.clone(),
                     prefix.clone(),
-                    clients.clone(),
+                    outputs.clone(),
                     rx,
                 )),
                 Source::Serial(port) => tokio::spawn(run_serial_device(
                     device.clone(),
                     port.clone(),
                     prefix.clone(),
-                    clients.clone(),
+                    outputs.clone(),
                     rx,
                 )),
                 Source::Gpio(chip) => tokio::spawn(run_gpio_device(
                     device.clone(),
                     chip.clone(),
                     prefix.clone(),
-                    clients.clone(),
+                    outputs.clone(),
                     rx,
                 )),
                 Source::Modbus(m) => {
@@ -193,7 +275,7 @@ impl Gateway {
                         m.clone(),
                         bus.clone(),
                         prefix.clone(),
-                        clients.clone(),
+                        outputs.clone(),
                         rx,
                     ))
                 }
@@ -205,6 +287,7 @@ impl Gateway {
             clients,
             prefix,
             tasks,
+            upstream: running,
         })
     }
 
@@ -213,10 +296,20 @@ impl Gateway {
         self.broker.as_ref().map_or(&[], |b| b.local_addrs())
     }
 
-    /// Announces `offline`, disconnects and stops the broker.
+    /// The upstream path's counters (with an upstream): what `<prefix>/$SYS/spool`
+    /// publishes.
+    pub fn upstream_stats(&self) -> Option<UpstreamStats> {
+        self.upstream.as_ref().map(upstream::Running::stats)
+    }
+
+    /// Stops the devices, lets the upstream pump finish what is in flight (briefly) and
+    /// closes the spool, announces `offline`, disconnects and stops the broker.
     pub async fn shutdown(self) {
         for task in &self.tasks {
             task.abort();
+        }
+        if let Some(upstream) = self.upstream {
+            upstream.shutdown().await;
         }
         for client in &self.clients {
             if let Ok(availability) = topic(&format!("{}/availability", self.prefix)) {
@@ -248,16 +341,27 @@ fn client_id(id: &str) -> Result<MqttString, AppError> {
     MqttString::try_from(id).map_err(|e| AppError::Client(e.to_string()))
 }
 
-/// The client on the local broker (plain TCP on loopback).
+/// The client on the local broker (plain TCP on loopback). With `forwards_up` its
+/// session is persistent and it acknowledges inbound QoS 1/2 messages itself, once
+/// their copies are in the spool (see `app::upstream`).
 fn connect_local(
     config: &Config,
     addr: SocketAddr,
     prefix: &str,
+    forwards_up: bool,
 ) -> Result<(Handle, client::Events), AppError> {
     let id = client_id(&format!("{}-gateway", config.gateway.id))?;
     let mut session = ClientConfig::new(ProtocolVersion::V5, id);
     session.keep_alive = 30;
     session.will = Some(will(prefix)?);
+    session.receive_maximum = std::num::NonZeroU16::MIN.saturating_add(LOCAL_RECEIVE_MAXIMUM - 1);
+    if forwards_up {
+        // Resume the session the broker restored from its journal: messages it took
+        // for us and we never acknowledged come again.
+        session.clean_start = false;
+        session.session_expiry_interval = LOCAL_SESSION_EXPIRY;
+        session.manual_acks = true;
+    }
     let options = ClientOptions::new(addr.ip().to_string(), addr.port(), session);
     client::spawn(options).map_err(|e| AppError::Client(e.to_string()))
 }
@@ -280,20 +384,29 @@ fn connect_upstream(
     };
     session.password = upstream.password.clone().map(Bytes::from);
     session.will = Some(will(prefix)?);
+    // Each start begins clean (a new process knows none of the old session's packet
+    // ids: a QoS 2 id the broker still held would make it drop a new message as a
+    // duplicate), and later reconnects resume the session, so in-flight QoS 2 messages
+    // are completed rather than sent again (MQTT 5 only: 3.1.1's Clean Session cannot
+    // say both).
+    session.clean_start = true;
+    session.session_expiry_interval = UPSTREAM_SESSION_EXPIRY;
     let mut options = ClientOptions::new(upstream.host.clone(), upstream.port, session);
     options.tls = upstream.tls.clone();
     client::spawn(options).map_err(|e| AppError::Client(e.to_string()))
 }
 
-/// One broker's client events: on (re)connect, availability and subscriptions; then
-/// `set` commands to their devices and messages matching forwarding rules to the other
-/// broker.
 /// What one client's event loop needs.
 struct ServeClient {
     prefix: String,
     handle: Handle,
-    /// The other broker's client, for forward rules.
-    other: Option<Handle>,
+    /// Where messages matching `rules` go.
+    forward_to: Option<ForwardTo>,
+    /// The upstream client's loop tells the upstream path whether it is connected.
+    link: Option<upstream::Link>,
+    /// With `manual_acks` (the local client when it forwards up): where inbound
+    /// messages wait for their acknowledgement.
+    acks: Option<upstream::Acks>,
     rules: Vec<Forward>,
     routes: std::sync::Arc<HashMap<String, mpsc::Sender<DeviceCommand>>>,
     discovery: Option<std::sync::Arc<(String, Vec<discovery::Discovery>)>>,
@@ -301,23 +414,21 @@ struct ServeClient {
     ready: Option<tokio::sync::watch::Sender<bool>>,
 }
 
+/// One broker's client events: on (re)connect, availability and subscriptions; then
+/// `set` commands to their devices and messages matching forwarding rules to the other
+/// broker.
 async fn serve_client(serve: ServeClient, mut events: client::Events) {
-    let ServeClient {
-        prefix,
-        handle,
-        other,
-        rules,
-        routes,
-        discovery,
-        ready,
-    } = serve;
-    let set_filter = format!("{prefix}/+/+/set");
-    let Ok(availability) = topic(&format!("{prefix}/availability")) else {
+    let set_filter = format!("{}/+/+/set", serve.prefix);
+    let Ok(availability) = topic(&format!("{}/availability", serve.prefix)) else {
         return;
     };
     while let Some(event) = events.recv().await {
         match event {
             ClientEvent::Connected { .. } => {
+                if let Some(link) = &serve.link {
+                    link.set(true);
+                }
+                let handle = &serve.handle;
                 // Retained, so late subscribers know; the will says `offline`.
                 let online = message(availability.clone(), "online", QoS::AtLeastOnce, true);
                 let _ = handle.enqueue(online).await;
@@ -325,48 +436,97 @@ async fn serve_client(serve: ServeClient, mut events: client::Events) {
                 if let Ok(filter) = TopicFilter::try_from(set_filter.as_str()) {
                     subscriptions.push(subscription(filter, QoS::AtLeastOnce));
                 }
-                subscriptions.extend(rules.iter().map(|r| subscription(r.filter.clone(), r.qos)));
-                if let Some(discovery) = &discovery
+                subscriptions.extend(
+                    serve
+                        .rules
+                        .iter()
+                        .map(|r| subscription(r.filter.clone(), r.qos)),
+                );
+                if let Some(discovery) = &serve.discovery
                     && let Ok(status) = TopicFilter::try_from(discovery.0.as_str())
                 {
                     subscriptions.push(subscription(status, QoS::AtLeastOnce));
-                    announce(&handle, &discovery.1).await;
+                    announce(handle, &discovery.1).await;
                 }
                 let _ = handle.subscribe(subscriptions).await;
-                if let Some(ready) = &ready {
+                if let Some(ready) = &serve.ready {
                     ready.send_replace(true);
                 }
             }
-            ClientEvent::Message(publish) => {
-                // Home Assistant (re)started: it forgets what was discovered.
-                if let Some(discovery) = &discovery
-                    && publish.topic.as_str() == discovery.0
-                {
-                    if &publish.payload[..] == b"online" {
-                        announce(&handle, &discovery.1).await;
-                    }
-                    continue;
-                }
-                if route_command(&publish, &routes, &prefix, &handle) {
-                    continue;
-                }
-                let Some(other) = &other else { continue };
-                for rule in rules.iter().filter(|r| r.filter.matches(&publish.topic)) {
-                    let Ok(to) = topic(&rule.rewrite(publish.topic.as_str())) else {
-                        continue;
-                    };
-                    let copy = Publish {
-                        qos: publish.qos.min(rule.qos),
-                        topic: to,
-                        packet_id: None,
-                        dup: false,
-                        ..publish.clone()
-                    };
-                    let _ = other.enqueue(copy).await;
+            ClientEvent::Disconnected(_)
+            | ClientEvent::Refused(_)
+            | ClientEvent::Unreachable(_) => {
+                if let Some(link) = &serve.link {
+                    link.set(false);
                 }
             }
-            _ => {}
+            ClientEvent::Message(publish) => {
+                // QoS 0, or acknowledged by the client already: nothing to wait for.
+                let _ = on_message(&serve, &publish).await;
+            }
+            ClientEvent::MessageToAck(publish, ack) => {
+                let (copies, hold) = on_message(&serve, &publish).await;
+                match &serve.acks {
+                    Some(acks) => {
+                        let pending = upstream::PendingAck { ack, copies, hold };
+                        if acks.send(pending).await.is_err() {
+                            return;
+                        }
+                    }
+                    None if !hold => {
+                        let _ = serve.handle.ack(ack).await;
+                    }
+                    None => {}
+                }
+            }
+            ClientEvent::Resubscribed(_) => {}
         }
+    }
+}
+
+/// A message from the broker: Home Assistant's status, a command, or one to forward.
+/// Returns the spool records its copies became (to be durable before the message is
+/// acknowledged) and whether it must not be acknowledged at all (the spool stopped).
+async fn on_message(serve: &ServeClient, publish: &Publish) -> (Vec<crate::spool::Enqueued>, bool) {
+    let none = (Vec::new(), false);
+    // Home Assistant (re)started: it forgets what was discovered.
+    if let Some(discovery) = &serve.discovery
+        && publish.topic.as_str() == discovery.0
+    {
+        if &publish.payload[..] == b"online" {
+            announce(&serve.handle, &discovery.1).await;
+        }
+        return none;
+    }
+    if route_command(publish, &serve.routes, &serve.prefix, &serve.handle) {
+        return none;
+    }
+    let Some(forward_to) = &serve.forward_to else {
+        return none;
+    };
+    let copies: Vec<Publish> = serve
+        .rules
+        .iter()
+        .filter(|r| r.filter.matches(&publish.topic))
+        .filter_map(|rule| {
+            let to = topic(&rule.rewrite(publish.topic.as_str())).ok()?;
+            Some(Publish {
+                qos: publish.qos.min(rule.qos),
+                topic: to,
+                packet_id: None,
+                dup: false,
+                ..publish.clone()
+            })
+        })
+        .collect();
+    match forward_to {
+        ForwardTo::Local(local) => {
+            for copy in copies {
+                let _ = local.enqueue(copy).await;
+            }
+            none
+        }
+        ForwardTo::Upstream(upstream) => upstream.forward_all(copies).await,
     }
 }
 
@@ -435,7 +595,7 @@ fn route_command(
 async fn run_sim_device(
     device: Device,
     prefix: String,
-    clients: Vec<Handle>,
+    clients: Outputs,
     mut commands_rx: mpsc::Receiver<DeviceCommand>,
 ) {
     let mut sim = SimDevice::new(&device);
@@ -473,9 +633,9 @@ async fn run_sim_device(
 }
 
 /// Publishes a device's availability, retained, on every broker.
-async fn availability(clients: &[Handle], base: &str, state: &'static str) {
+async fn availability(clients: &Outputs, base: &str, state: &'static str) {
     if let Ok(t) = topic(&format!("{base}/availability")) {
-        for client in clients {
+        for client in clients.handles() {
             let _ = client
                 .enqueue(message(t.clone(), state, QoS::AtLeastOnce, true))
                 .await;
@@ -520,7 +680,7 @@ async fn run_serial_device(
     device: Device,
     port: SerialPort,
     prefix: String,
-    clients: Vec<Handle>,
+    clients: Outputs,
     mut commands_rx: mpsc::Receiver<DeviceCommand>,
 ) {
     use tokio::io::AsyncWriteExt;
@@ -699,7 +859,7 @@ async fn run_gpio_device(
     device: Device,
     chip: GpioChip,
     prefix: String,
-    clients: Vec<Handle>,
+    clients: Outputs,
     mut commands_rx: mpsc::Receiver<DeviceCommand>,
 ) {
     use crate::devices::gpio::{Debounce, EdgeDebounce};
@@ -952,7 +1112,7 @@ impl Reports {
 }
 
 async fn publish_reading(
-    clients: &[Handle],
+    clients: &Outputs,
     base: &str,
     points: &impl Points,
     point: &str,
@@ -975,17 +1135,13 @@ async fn publish_reading(
         )
     };
     let payload = Bytes::from(payload);
-    // Telemetry goes to both brokers. (Upstream goes through the offline queue once the
-    // spool exists; until then, while upstream is down, messages wait in the client's
-    // bounded queue.)
-    for client in clients {
-        let reading = message(
-            point_topic.clone(),
-            payload.clone(),
-            config.qos,
-            config.retain,
-        );
-        let _ = client.enqueue(reading).await;
+    // Telemetry goes to both brokers: to the local one straight away, upstream through
+    // the spool (QoS 1/2; this waits until the reading is as durable as the spool's mode
+    // promises) or, at QoS 0, only while the uplink is up.
+    let reading = message(point_topic, payload, config.qos, config.retain);
+    let _ = clients.local.enqueue(reading.clone()).await;
+    if let Some(upstream) = &clients.upstream {
+        upstream.publish(reading).await;
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::{
-    DeviceCommand, Handle, Points, Reports, answer, availability, publish_reading, too_old,
+    DeviceCommand, Outputs, Points, Reports, answer, availability, publish_reading, too_old,
 };
 use crate::config::{Config, Device, ModbusDevice, Source};
 use crate::devices::{Value, WriteError};
@@ -56,7 +56,7 @@ pub(super) async fn run(
     modbus: ModbusDevice,
     bus: BusHandle,
     prefix: String,
-    clients: Vec<Handle>,
+    clients: Outputs,
     mut commands_rx: mpsc::Receiver<DeviceCommand>,
 ) {
     let base = format!("{prefix}/{}", device.id);
@@ -108,7 +108,7 @@ struct Poller {
 
 impl Poller {
     /// One poll cycle: every request of the plan, in order.
-    async fn poll(&mut self, device: &Device, clients: &[Handle], base: &str) {
+    async fn poll(&mut self, device: &Device, clients: &Outputs, base: &str) {
         let requests = self.planner.plan().requests().to_vec();
         let mut answered = 0;
         let mut failure: Option<BusError> = None;
@@ -173,7 +173,7 @@ impl Poller {
     async fn publish(
         &mut self,
         device: &Device,
-        clients: &[Handle],
+        clients: &Outputs,
         base: &str,
         point: usize,
         slice: DataRef<'_>,
@@ -200,7 +200,7 @@ impl Poller {
     async fn command(
         &mut self,
         device: &Device,
-        clients: &[Handle],
+        clients: &Outputs,
         base: &str,
         cmd: &DeviceCommand,
     ) -> Result<Value, String> {

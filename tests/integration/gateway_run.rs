@@ -48,9 +48,12 @@ fn start(dir: &TempDir) -> (KillOnDrop, String) {
 pub(crate) fn start_with(dir: &TempDir, config: &str) -> (KillOnDrop, String) {
     let file = dir.path().join("fieldgate.yaml");
     std::fs::write(&file, config).unwrap();
+    // Run in `dir`: the default state directory (`./fieldgate-state`, the upstream
+    // spool's home) is then the test's own, not one shared with other tests.
     let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
         .args(["run", "-c"])
         .arg(&file)
+        .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -407,18 +407,25 @@ struct Pump {
 /// [`PUMP_WINDOW`] unacknowledged), and acknowledges each in the spool once the client
 /// reports its PUBACK/PUBCOMP. Tells the spool whether the uplink is up. See the module
 /// doc for why it never rewinds.
+///
+/// It takes nothing while the uplink is down: the backlog stays the spool's, where
+/// `on_full` and the counters apply to it (what the client already had when the link
+/// went, at most a window, stays the client's and is sent after the reconnect, even if
+/// `drop_oldest` meanwhile dropped and counted its segment).
 async fn pump(mut p: Pump) {
     // Oldest first: the client completes them mostly in order, and a slot frees when
     // the oldest is done (a later one done first waits a moment for its ack here).
     let mut inflight: VecDeque<(u64, Delivery)> = VecDeque::new();
     let mut draining = false;
     let mut read_failures: u32 = 0;
-    p.consumer.set_online(*p.link.borrow_and_update());
+    let mut online = *p.link.borrow_and_update();
+    p.counters.connected.store(online, Ordering::Relaxed);
+    p.consumer.set_online(online);
     loop {
         if draining && inflight.is_empty() {
             return;
         }
-        let taking = !draining && inflight.len() < PUMP_WINDOW;
+        let taking = online && !draining && inflight.len() < PUMP_WINDOW;
         tokio::select! {
             biased;
             outcome = oldest(&mut inflight) => {
@@ -450,7 +457,7 @@ async fn pump(mut p: Pump) {
                 if changed.is_err() {
                     return;
                 }
-                let online = *p.link.borrow_and_update();
+                online = *p.link.borrow_and_update();
                 p.counters.connected.store(online, Ordering::Relaxed);
                 p.consumer.set_online(online);
             }

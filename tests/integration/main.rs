@@ -28,6 +28,7 @@ mod modbus_values;
 mod peers;
 mod protocol_core_has_no_io;
 mod server_session;
+mod spool_faults;
 #[path = "../support/mod.rs"]
 mod support;
 mod support_peers;

@@ -289,7 +289,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A real mosquitto broker on 127.0.0.1 with a free port, anonymous access and no
-/// persistence; optionally also a TLS listener on a second free port (`start_tls`).
+/// persistence (unless `start_persistent`); optionally also a TLS listener on a second free port (`start_tls`).
 /// Killed, reaped and its temp dir removed on drop.
 #[derive(Debug)]
 pub struct Mosquitto {
@@ -315,21 +315,66 @@ impl Mosquitto {
 
     /// Like `start`, with extra lines appended to the generated mosquitto.conf.
     pub fn start_with_config(extra: &str) -> Mosquitto {
-        Self::start_inner(extra, None)
+        Self::start_inner(extra, None, false)
+    }
+
+    /// Like `start_with_config`, with persistence on (`mosquitto.db` in its temp dir), so
+    /// that [`stop`](Self::stop) (SIGTERM, which saves) and [`start_again`](Self::start_again)
+    /// keep sessions, queued messages and retained messages.
+    pub fn start_persistent(extra: &str) -> Mosquitto {
+        Self::start_inner(extra, None, true)
+    }
+
+    /// Stops the broker with SIGTERM (mosquitto saves its database on the way out) and
+    /// waits for it to exit; the port stays the broker's for [`start_again`](Self::start_again).
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !sent || wait_child(&mut self.child, Self::START_TIMEOUT).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same configuration (after
+    /// [`stop`](Self::stop)) and returns once it accepts connections.
+    pub fn start_again(&mut self) {
+        let bin = mosquitto_bin().expect("no mosquitto binary: run `bash tests/run.sh`");
+        let conf = self.dir.path().join("mosquitto.conf");
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("mosquitto's log");
+        let log2 = log.try_clone().expect("clone log handle");
+        self.child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("mosquitto starts again");
+        let addr = self.addr();
+        wait_until(Self::START_TIMEOUT, "mosquitto accepting again", || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
     }
 
     /// Starts a broker with its plain listener (`port`) and a TLS listener (`tls_port`)
     /// that presents `pki.server_cert`, trusts `pki.ca_cert` for client certificates and,
     /// when `require_client_cert`, refuses clients without one. Anonymous access on both.
     pub fn start_tls(pki: &tls::TestPki, require_client_cert: bool) -> Mosquitto {
-        Self::start_inner("", Some((pki, require_client_cert)))
+        Self::start_inner("", Some((pki, require_client_cert)), false)
     }
 
-    fn start_inner(extra: &str, tls: Option<(&tls::TestPki, bool)>) -> Mosquitto {
+    fn start_inner(extra: &str, tls: Option<(&tls::TestPki, bool)>, persistent: bool) -> Mosquitto {
         let bin = mosquitto_bin().expect("no mosquitto binary: run `bash tests/run.sh`");
         let mut failures = Vec::new();
         for _ in 0..Self::ATTEMPTS {
-            match Self::try_start(&bin, extra, tls) {
+            match Self::try_start(&bin, extra, tls, persistent) {
                 Ok(broker) => return broker,
                 Err(failure) => failures.push(failure),
             }
@@ -346,13 +391,22 @@ impl Mosquitto {
         bin: &Path,
         extra: &str,
         tls: Option<(&tls::TestPki, bool)>,
+        persistent: bool,
     ) -> Result<Mosquitto, String> {
         let dir = TempDir::new("mosquitto");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
+        let persistence = if persistent {
+            format!(
+                "persistence true\npersistence_location {}/",
+                dir.path().display()
+            )
+        } else {
+            "persistence false".to_string()
+        };
         let mut config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+            "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\n\
              log_dest stderr\nlog_type all\n{extra}\n"
         );
         // TLS options are per listener: they apply to the `listener` line before them, so

@@ -111,7 +111,10 @@ pub async fn run(opts: BrokerOptions) -> Outcome {
     let config = match &opts.config {
         Some(file) => match fieldgate::config::load(file) {
             Ok(config) => match config.broker {
-                Some(broker) => broker,
+                Some(broker) => {
+                    super::start_logging(&config.gateway.log);
+                    broker
+                }
                 None => {
                     return Outcome {
                         code: super::EXIT_USAGE,
@@ -126,7 +129,10 @@ pub async fn run(opts: BrokerOptions) -> Outcome {
                 };
             }
         },
-        None => command_line_config(&opts),
+        None => {
+            super::start_logging(&fieldgate::observe::LogFilter::default());
+            command_line_config(&opts)
+        }
     };
     serve(config, opts.verbose).await
 }

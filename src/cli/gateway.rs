@@ -58,6 +58,7 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
         Ok(config) => config,
         Err(outcome) => return outcome,
     };
+    super::start_logging(&config.gateway.log);
     let gateway = match Gateway::start(config).await {
         Ok(gateway) => gateway,
         Err(e) => {

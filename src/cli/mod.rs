@@ -48,6 +48,20 @@ use fieldgate::mqtt::packet::{ProtocolVersion, ReasonCode};
 use fieldgate::mqtt::string::StringError;
 use fieldgate::mqtt::topic::TopicError;
 
+/// Installs the logger of a long-running command (`run`, `broker`): the configuration's
+/// `gateway.log_level`, with `RUST_LOG`'s directives over it.
+pub fn start_logging(configured: &fieldgate::observe::LogFilter) {
+    let mut filter = configured.clone();
+    if let Ok(spec) = std::env::var("RUST_LOG")
+        && let Err(e) = filter.apply(&spec)
+    {
+        // A typo in the environment must not stop a service: say so, keep the rest.
+        eprintln!("fieldgate: RUST_LOG ignored: {e}");
+        filter = configured.clone();
+    }
+    fieldgate::observe::init(filter);
+}
+
 /// Success.
 pub const EXIT_OK: u8 = 0;
 /// Bad arguments (the one-line [`CliError`] goes to stderr), or an unreadable `-f` file.

@@ -256,6 +256,8 @@ pub struct Gateway {
     pub state_dir: PathBuf,
     /// Prefix of every topic the gateway publishes: `fieldgate/<id>` unless set.
     pub topic_prefix: String,
+    /// What is logged (`gateway.log_level`), before `RUST_LOG` adds to it.
+    pub log: crate::observe::LogFilter,
 }
 
 /// One thing wrong in the file.
@@ -489,10 +491,25 @@ impl Checker {
             .topic_prefix
             .as_ref()
             .map_or_else(|| format!("fieldgate/{id}"), |p| p.value.clone());
+        let log = match &g.log_level {
+            None => crate::observe::LogFilter::default(),
+            Some(spec) => spec
+                .value
+                .parse()
+                .unwrap_or_else(|e: crate::observe::LogFilterError| {
+                    self.problem(
+                        "gateway.log_level",
+                        Some(spec.referenced.line()),
+                        e.to_string(),
+                    );
+                    crate::observe::LogFilter::default()
+                }),
+        };
         Gateway {
             id,
             state_dir,
             topic_prefix,
+            log,
         }
     }
 
@@ -1434,6 +1451,26 @@ mod tests {
         );
         assert!(upstream.tls.is_some_and(|t| t.system_roots));
         assert_eq!(config.forward[0].rewrite("cmd/valve/1"), "site/valve/1");
+    }
+
+    #[test]
+    fn a_log_level_spec_is_checked_with_its_line() {
+        let config = parse(
+            "gateway:\n  log_level: warn,fieldgate::modbus=debug\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            config.gateway.log.level_for("fieldgate::modbus::bus"),
+            log::LevelFilter::Debug
+        );
+        let found = problems("gateway:\n  id: gw\n  log_level: very-loud\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("gateway.log_level: \"very-loud\""),
+            "{found:?}"
+        );
+        assert!(found[0].ends_with("(line 3)"), "{found:?}");
     }
 
     #[test]

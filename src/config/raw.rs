@@ -233,6 +233,9 @@ pub struct RawGateway {
     pub id: Option<Text>,
     pub state_dir: Option<Text>,
     pub topic_prefix: Option<Text>,
+    /// `info` (default), `debug`, ... and per-module overrides:
+    /// `warn,fieldgate::modbus=debug` (`RUST_LOG` adds to it).
+    pub log_level: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

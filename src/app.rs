@@ -13,6 +13,7 @@
 //! (`app::upstream`); availability, command results and discovery go to the upstream
 //! client directly (its session keeps QoS 1/2 ones across reconnects, not restarts).
 
+mod health;
 mod modbus;
 mod upstream;
 

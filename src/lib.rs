@@ -11,3 +11,4 @@ pub mod mqtt;
 pub mod observe;
 pub mod spool;
 pub mod storage;
+pub mod systemd;

@@ -7,7 +7,42 @@ use std::path::PathBuf;
 use fieldgate::app::Gateway;
 use fieldgate::config::{self, Config, ConfigError};
 
+use fieldgate::systemd::{self, Notifier};
+
 use super::run::Outcome;
+
+/// How long a clean stop may take (flushing the spool, saying `offline`, closing the
+/// broker) before the process ends anyway; below systemd's default TimeoutStopSec (90 s).
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Pets systemd's watchdog every `interval` while the gateway is healthy, with a status
+/// line; never returns (a stop signal ends the wait). Without a watchdog it only waits.
+async fn pet_watchdog(
+    systemd: &Notifier,
+    gateway: &Gateway,
+    interval: Option<std::time::Duration>,
+) {
+    let Some(interval) = interval else {
+        return std::future::pending().await;
+    };
+    let mut ticks = tokio::time::interval(interval);
+    let mut warned = false;
+    loop {
+        ticks.tick().await;
+        if gateway.healthy() {
+            let _ = systemd.notify(&format!("WATCHDOG=1\nSTATUS={}", gateway.summary()));
+            warned = false;
+        } else if !warned {
+            // Not petting lets systemd restart us (Restart=on-failure); say why first.
+            fieldgate::observe::warn(format_args!(
+                "fieldgate run: unhealthy ({}); the watchdog is no longer petted",
+                gateway.summary()
+            ));
+            let _ = systemd.status(&format!("unhealthy: {}", gateway.summary()));
+            warned = true;
+        }
+    }
+}
 use super::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};
 
 pub const RUN_HELP: &str = "\
@@ -71,8 +106,26 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
     for addr in gateway.broker_addrs() {
         eprintln!("fieldgate run: broker listening on {addr}");
     }
-    super::broker::wait_for_stop_signal().await;
-    gateway.shutdown().await;
+    // systemd (Type=notify): ready now that the broker listens and devices run; the
+    // watchdog petted only while every task of the gateway still runs.
+    let systemd = Notifier::from_env();
+    let _ = systemd.ready(&gateway.summary());
+    let watchdog = systemd::watchdog_interval();
+    tokio::select! {
+        () = super::broker::wait_for_stop_signal() => {}
+        () = pet_watchdog(&systemd, &gateway, watchdog) => {}
+    }
+    let _ = systemd.stopping();
+    // Bounded: a peer that never answers must not keep the service from stopping
+    // (systemd would kill it after TimeoutStopSec anyway, without the clean part).
+    if tokio::time::timeout(SHUTDOWN_LIMIT, gateway.shutdown())
+        .await
+        .is_err()
+    {
+        fieldgate::observe::warn(format_args!(
+            "fieldgate run: shutdown took longer than {SHUTDOWN_LIMIT:?}; stopping anyway"
+        ));
+    }
     Outcome {
         code: EXIT_OK,
         message: None,

@@ -23,6 +23,7 @@ mod codec_interop;
 mod codec_roundtrip;
 mod gateway_modbus;
 mod gateway_run;
+mod gateway_service;
 mod modbus_bus;
 mod modbus_values;
 mod peers;

@@ -15,7 +15,10 @@
 
 mod health;
 mod modbus;
+mod reload;
 mod upstream;
+
+pub use reload::Reload;
 
 pub use upstream::{UpstreamError, UpstreamStats};
 
@@ -70,6 +73,9 @@ struct DeviceCommand {
     response: Option<(TopicName, Option<Bytes>)>,
 }
 
+/// Where each device's commands go, by device id; replaced entries on a reload.
+type Routes = std::sync::Arc<std::sync::RwLock<HashMap<String, mpsc::Sender<DeviceCommand>>>>;
+
 /// A running gateway; [`Gateway::shutdown`] says `offline` and stops everything.
 #[derive(Debug)]
 pub struct Gateway {
@@ -77,7 +83,17 @@ pub struct Gateway {
     /// The gateway's clients: the local broker's first, then the upstream one.
     clients: Vec<Handle>,
     prefix: String,
+    /// The clients' event loops and the like: for the gateway's whole life.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// One task per device, by id (a reload restarts only those that changed).
+    devices: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// The bus tasks in use, with what they were started for.
+    buses: HashMap<String, (crate::modbus::bus::BusConfig, crate::modbus::bus::BusHandle)>,
+    routes: Routes,
+    outputs: Outputs,
+    /// The configuration running (after a reload: its new devices and buses, and the
+    /// sections a reload could not apply as they were).
+    config: Config,
     /// The spool and its pump, with an upstream.
     upstream: Option<upstream::Running>,
 }
@@ -198,7 +214,7 @@ impl Gateway {
         } else {
             None
         };
-        let routes = std::sync::Arc::new(routes);
+        let routes: Routes = std::sync::Arc::new(std::sync::RwLock::new(routes));
         let discovery = config.discovery_prefix.as_ref().map(|discovery_prefix| {
             let messages: Vec<discovery::Discovery> = config
                 .devices
@@ -244,50 +260,23 @@ impl Gateway {
         // only keeps a broken start from hanging.
         let _ = tokio::time::timeout(LOCAL_CONNECT_WAIT, ready.wait_for(|r| *r)).await;
         let buses = modbus::spawn_buses(&config);
+        let handles: HashMap<String, crate::modbus::bus::BusHandle> =
+            buses.iter().map(|(id, (_, h))| (id.clone(), h.clone())).collect();
+        let mut devices = HashMap::new();
         for (device, rx) in config.devices.iter().zip(inboxes) {
-            let task = match &device.source {
-                Source::Sim => tokio::spawn(run_sim_device(
-                    device.clone(),
-                    prefix.clone(),
-                    outputs.clone(),
-                    rx,
-                )),
-                Source::Serial(port) => tokio::spawn(run_serial_device(
-                    device.clone(),
-                    port.clone(),
-                    prefix.clone(),
-                    outputs.clone(),
-                    rx,
-                )),
-                Source::Gpio(chip) => tokio::spawn(run_gpio_device(
-                    device.clone(),
-                    chip.clone(),
-                    prefix.clone(),
-                    outputs.clone(),
-                    rx,
-                )),
-                Source::Modbus(m) => {
-                    // The configuration only names buses that exist.
-                    let Some(bus) = buses.get(&m.bus) else {
-                        return Err(AppError::UnknownBus(m.bus.clone()));
-                    };
-                    tokio::spawn(modbus::run(
-                        device.clone(),
-                        m.clone(),
-                        bus.clone(),
-                        prefix.clone(),
-                        outputs.clone(),
-                        rx,
-                    ))
-                }
-            };
-            tasks.push(task);
+            let task = spawn_device(device, &prefix, &outputs, &handles, rx)?;
+            devices.insert(device.id.clone(), task);
         }
         Ok(Gateway {
             broker,
             clients,
             prefix,
             tasks,
+            devices,
+            buses,
+            routes,
+            outputs,
+            config,
             upstream: running,
         })
     }
@@ -306,7 +295,7 @@ impl Gateway {
     /// Stops the devices, lets the upstream pump finish what is in flight (briefly) and
     /// closes the spool, announces `offline`, disconnects and stops the broker.
     pub async fn shutdown(self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(self.devices.values()) {
             task.abort();
         }
         if let Some(upstream) = self.upstream {
@@ -326,6 +315,36 @@ impl Gateway {
             broker.shutdown().await;
         }
     }
+}
+
+/// Starts the task of one device, taking its commands from `rx`.
+fn spawn_device(
+    device: &Device,
+    prefix: &str,
+    outputs: &Outputs,
+    buses: &HashMap<String, crate::modbus::bus::BusHandle>,
+    rx: mpsc::Receiver<DeviceCommand>,
+) -> Result<tokio::task::JoinHandle<()>, AppError> {
+    let (device, prefix, outputs) = (device.clone(), prefix.to_string(), outputs.clone());
+    Ok(match &device.source {
+        Source::Sim => tokio::spawn(run_sim_device(device, prefix, outputs, rx)),
+        Source::Serial(port) => {
+            let port = port.clone();
+            tokio::spawn(run_serial_device(device, port, prefix, outputs, rx))
+        }
+        Source::Gpio(chip) => {
+            let chip = chip.clone();
+            tokio::spawn(run_gpio_device(device, chip, prefix, outputs, rx))
+        }
+        Source::Modbus(m) => {
+            // The configuration only names buses that exist.
+            let Some(bus) = buses.get(&m.bus) else {
+                return Err(AppError::UnknownBus(m.bus.clone()));
+            };
+            let (m, bus) = (m.clone(), bus.clone());
+            tokio::spawn(modbus::run(device, m, bus, prefix, outputs, rx))
+        }
+    })
 }
 
 fn will(prefix: &str) -> Result<Will, AppError> {
@@ -409,7 +428,7 @@ struct ServeClient {
     /// messages wait for their acknowledgement.
     acks: Option<upstream::Acks>,
     rules: Vec<Forward>,
-    routes: std::sync::Arc<HashMap<String, mpsc::Sender<DeviceCommand>>>,
+    routes: Routes,
     discovery: Option<std::sync::Arc<(String, Vec<discovery::Discovery>)>>,
     /// Told `true` at the first CONNACK (the local client: devices wait for it).
     ready: Option<tokio::sync::watch::Sender<bool>>,
@@ -557,7 +576,7 @@ fn subscription(filter: TopicFilter, qos: QoS) -> Subscription {
 /// `<prefix>/<device>/<point>/set` -> the device's task; false for any other topic.
 fn route_command(
     publish: &Publish,
-    routes: &HashMap<String, mpsc::Sender<DeviceCommand>>,
+    routes: &Routes,
     prefix: &str,
     reply: &Handle,
 ) -> bool {
@@ -573,7 +592,13 @@ fn route_command(
     let Some((device, point)) = rest.split_once('/') else {
         return false;
     };
-    let Some(route) = routes.get(device) else {
+    // Cloned out: the lock is held for a lookup only, never across a send.
+    let route = routes
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(device)
+        .cloned();
+    let Some(route) = route else {
         return false;
     };
     let command = DeviceCommand {

@@ -160,6 +160,16 @@ pub fn warn(message: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Logs a notice: something a person watching the service wants to know, not a problem
+/// (to stderr while no logger is installed).
+pub fn info(message: std::fmt::Arguments<'_>) {
+    if INSTALLED.load(Ordering::Acquire) {
+        log::info!("{message}");
+    } else {
+        let _ = writeln!(std::io::stderr(), "{message}");
+    }
+}
+
 /// Logs a warning about one device, with its id as the journal field
 /// `FIELDGATE_DEVICE` (`journalctl FIELDGATE_DEVICE=meter`).
 pub fn device_warn(device: &str, message: std::fmt::Arguments<'_>) {

@@ -9,7 +9,10 @@ impl Gateway {
     /// True while none of the gateway's tasks has ended (each runs for the gateway's life:
     /// one that ended panicked or lost its channel, and systemd should restart us).
     pub fn healthy(&self) -> bool {
-        self.tasks.iter().all(|task| !task.is_finished())
+        self.tasks
+            .iter()
+            .chain(self.devices.values())
+            .all(|task| !task.is_finished())
     }
 
     /// One line: the broker's addresses and how many tasks run.
@@ -25,7 +28,12 @@ impl Gateway {
                     .join(", ")
             ),
         };
-        let running = self.tasks.iter().filter(|t| !t.is_finished()).count();
-        format!("{broker}; {running} of {} tasks running", self.tasks.len())
+        let all = || self.tasks.iter().chain(self.devices.values());
+        let running = all().filter(|t| !t.is_finished()).count();
+        format!(
+            "{broker}; {} devices; {running} of {} tasks running",
+            self.devices.len(),
+            all().count()
+        )
     }
 }

@@ -15,13 +15,14 @@ use super::{
 };
 use crate::config::{Config, Device, ModbusDevice, Source};
 use crate::devices::{Value, WriteError};
-use crate::modbus::bus::{self, BusError, BusHandle, Unit};
+use crate::modbus::bus::{self, BusConfig, BusError, BusHandle, Unit};
 use crate::modbus::planner::{MaxGap, Planner};
 use crate::modbus::value::{self, DataRef, Encoding};
 use crate::modbus::{Data, ReadRange};
 
-/// Starts one task per bus that a device uses (a bus nobody uses is never opened).
-pub(super) fn spawn_buses(config: &Config) -> HashMap<String, BusHandle> {
+/// The buses that the devices of `config` use, by id (a bus nobody uses is never
+/// opened).
+pub(super) fn used_buses(config: &Config) -> impl Iterator<Item = &crate::config::Bus> {
     let used: HashSet<&str> = config
         .devices
         .iter()
@@ -33,8 +34,13 @@ pub(super) fn spawn_buses(config: &Config) -> HashMap<String, BusHandle> {
     config
         .buses
         .iter()
-        .filter(|b| used.contains(b.id.as_str()))
-        .map(|b| (b.id.clone(), bus::spawn(b.link.clone())))
+        .filter(move |b| used.contains(b.id.as_str()))
+}
+
+/// Starts one task per bus that a device uses.
+pub(super) fn spawn_buses(config: &Config) -> HashMap<String, (BusConfig, BusHandle)> {
+    used_buses(config)
+        .map(|b| (b.id.clone(), (b.link.clone(), bus::spawn(b.link.clone()))))
         .collect()
 }
 

@@ -8,12 +8,57 @@ use fieldgate::app::Gateway;
 use fieldgate::config::{self, Config, ConfigError};
 
 use fieldgate::systemd::{self, Notifier};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::run::Outcome;
 
 /// How long a clean stop may take (flushing the spool, saying `offline`, closing the
 /// broker) before the process ends anyway; below systemd's default TimeoutStopSec (90 s).
 const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What ended a wait of the main loop.
+enum Woke {
+    Stop,
+    Reload,
+}
+
+/// Resolves at each SIGHUP (never, without a handler).
+///
+/// # Cancel safety
+/// Cancel safe: a signal not yet taken stays pending.
+async fn hangup(hangups: &mut Option<Signal>) {
+    match hangups {
+        Some(signal) => {
+            if signal.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGHUP: reads the file again; applies it if it is valid, else keeps what runs and says
+/// why (every problem, as `check-config` would).
+async fn reload(gateway: &mut Gateway, file: Option<&PathBuf>) {
+    let Some(file) = file else {
+        fieldgate::observe::warn(format_args!(
+            "fieldgate run: reload: running the embedded configuration, nothing to re-read"
+        ));
+        return;
+    };
+    match config::load(file) {
+        Err(e) => fieldgate::observe::warn(format_args!(
+            "fieldgate run: reload refused, the running configuration stays: {}:\n{e}",
+            file.display()
+        )),
+        Ok(config) => match gateway.reload(config).await {
+            Ok(report) => {
+                fieldgate::observe::warn(format_args!("fieldgate run: reloaded: {report}"))
+            }
+            Err(e) => fieldgate::observe::warn(format_args!("fieldgate run: reload failed: {e}")),
+        },
+    }
+}
 
 /// Pets systemd's watchdog every `interval` while the gateway is healthy, with a status
 /// line; never returns (a stop signal ends the wait). Without a watchdog it only waits.
@@ -111,9 +156,22 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
     let systemd = Notifier::from_env();
     let _ = systemd.ready(&gateway.summary());
     let watchdog = systemd::watchdog_interval();
-    tokio::select! {
-        () = super::broker::wait_for_stop_signal() => {}
-        () = pet_watchdog(&systemd, &gateway, watchdog) => {}
+    let mut gateway = gateway;
+    let mut hangups = signal(SignalKind::hangup()).ok();
+    loop {
+        let woke = tokio::select! {
+            () = super::broker::wait_for_stop_signal() => Woke::Stop,
+            () = pet_watchdog(&systemd, &gateway, watchdog) => Woke::Stop,
+            () = hangup(&mut hangups) => Woke::Reload,
+        };
+        match woke {
+            Woke::Stop => break,
+            Woke::Reload => {
+                let _ = systemd.notify("RELOADING=1");
+                reload(&mut gateway, file.as_ref()).await;
+                let _ = systemd.ready(&gateway.summary());
+            }
+        }
     }
     let _ = systemd.stopping();
     // Bounded: a peer that never answers must not keep the service from stopping

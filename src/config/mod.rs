@@ -39,6 +39,9 @@ pub struct Config {
     /// Modbus buses, each shared by the devices that name it.
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
+    /// Each top-level section as written (canonical JSON), so a reload can tell which
+    /// parts of the file changed (a `password_file`'s contents are not part of it).
+    pub sections: std::collections::BTreeMap<String, String>,
 }
 
 /// A physical link that Modbus devices share; one task owns each.
@@ -326,6 +329,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Checks configuration text; relative paths are taken against `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| syntax_error(&e))?;
+    // The same text once more as plain values: it parsed above, so this cannot fail on
+    // syntax; an empty file is no sections.
+    let sections = match serde_saphyr::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .map(|(key, value)| (key, value.to_string()))
+            .collect(),
+        _ => std::collections::BTreeMap::new(),
+    };
     let mut check = Checker {
         problems: Vec::new(),
         base: base.to_path_buf(),
@@ -356,6 +368,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
             discovery_prefix,
             buses,
             devices,
+            sections,
         })
     } else {
         Err(ConfigError::Invalid(check.problems))

@@ -89,3 +89,108 @@ fn under_systemd_it_says_ready_pets_the_watchdog_and_stops_cleanly_on_sigterm() 
     let offline = receive(&up, &["fieldgate/gw9/availability"], 1);
     assert_eq!(offline, ["fieldgate/gw9/availability offline"]);
 }
+
+/// Lines a child writes to stderr, collected on a thread.
+fn collect_stderr(
+    child: &mut std::process::Child,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&lines);
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+fn device(id: &str) -> String {
+    format!(
+        "  - id: {id}\n    source: sim\n    poll: 100ms\n    points:\n      - id: count\n        sim: counter\n"
+    )
+}
+
+#[test]
+fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_an_invalid_one() {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-reload");
+    let file = dir.path().join("fieldgate.yaml");
+    let head = "gateway:\n  id: gw10\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\ndevices:\n";
+    std::fs::write(&file, format!("{head}{}", device("a"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fieldgate run starts");
+    let mut running = KillOnDrop(child);
+    let stderr = collect_stderr(&mut running.0);
+    let said = |what: &str| stderr.lock().unwrap().iter().any(|l| l.contains(what));
+    crate::support::wait_until(Duration::from_secs(15), "the broker's port", || {
+        said("broker listening on")
+    });
+    let port = stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            Some(
+                l.split("broker listening on ")
+                    .nth(1)?
+                    .rsplit(':')
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .unwrap();
+    let count = |device: &str| -> i64 {
+        let got = receive(&port, &[&format!("fieldgate/gw10/{device}/count")], 1);
+        crate::gateway_run::json(&got[0])["value"].as_i64().unwrap()
+    };
+    let before = count("a");
+    let hup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // Valid: `b` added, `a` unchanged (its counter goes on instead of starting again).
+    std::fs::write(&file, format!("{head}{}{}", device("a"), device("b"))).unwrap();
+    hup(running.0.id());
+    crate::support::wait_until(Duration::from_secs(15), "the reload report", || {
+        said("reloaded: devices started: b; restarted: none; stopped: none")
+    });
+    assert!(count("b") >= 1);
+    let after = count("a");
+    assert!(
+        after > before,
+        "device a was restarted: {before} then {after}"
+    );
+
+    // Invalid: refused with its problems, everything keeps running.
+    std::fs::write(
+        &file,
+        format!("{head}{}  - id: c\n    source: nowhere\n", device("a")),
+    )
+    .unwrap();
+    hup(running.0.id());
+    crate::support::wait_until(Duration::from_secs(15), "the refusal", || {
+        said("reload refused") && said("devices[1].source")
+    });
+    assert!(count("b") > 1, "device b stopped after a refused reload");
+
+    // Valid again: `a` removed, so its availability goes offline.
+    std::fs::write(&file, format!("{head}{}", device("b"))).unwrap();
+    hup(running.0.id());
+    crate::support::wait_until(Duration::from_secs(15), "a stopped", || said("stopped: a"));
+    let got = receive(&port, &["fieldgate/gw10/a/availability"], 1);
+    assert_eq!(got, ["fieldgate/gw10/a/availability offline"]);
+}

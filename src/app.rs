@@ -56,6 +56,8 @@ pub enum AppError {
     Topic(String),
     #[error("device on bus {0:?}, which is not configured")]
     UnknownBus(String),
+    #[error("{0}")]
+    Metrics(String),
     #[error("upstream spool: {0}")]
     Spool(#[from] UpstreamError),
 }
@@ -96,6 +98,8 @@ pub struct Gateway {
     config: Config,
     /// The spool and its pump, with an upstream.
     upstream: Option<upstream::Running>,
+    /// Where `/metrics` is served, if configured.
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Where readings and availability go: the local broker's client, and with an upstream,
@@ -104,6 +108,8 @@ pub struct Gateway {
 struct Outputs {
     local: Handle,
     upstream: Option<upstream::UpstreamPath>,
+    /// Counted per device: polls, errors, latency, last success.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Outputs {
@@ -190,7 +196,9 @@ impl Gateway {
         let clients: Vec<Handle> = std::iter::once(local.0.clone())
             .chain(upstream.as_ref().map(|(h, _)| h.clone()))
             .collect();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let outputs = Outputs {
+            metrics: std::sync::Arc::clone(&metrics),
             local: local.0.clone(),
             upstream: running.as_ref().map(|r| r.path.clone()),
         };
@@ -260,14 +268,27 @@ impl Gateway {
         // only keeps a broken start from hanging.
         let _ = tokio::time::timeout(LOCAL_CONNECT_WAIT, ready.wait_for(|r| *r)).await;
         let buses = modbus::spawn_buses(&config);
-        let handles: HashMap<String, crate::modbus::bus::BusHandle> =
-            buses.iter().map(|(id, (_, h))| (id.clone(), h.clone())).collect();
+        let handles: HashMap<String, crate::modbus::bus::BusHandle> = buses
+            .iter()
+            .map(|(id, (_, h))| (id.clone(), h.clone()))
+            .collect();
         let mut devices = HashMap::new();
         for (device, rx) in config.devices.iter().zip(inboxes) {
             let task = spawn_device(device, &prefix, &outputs, &handles, rx)?;
             devices.insert(device.id.clone(), task);
         }
+        let metrics_addr = match config.metrics {
+            Some(bind) => {
+                let (addr, task) = crate::metrics::serve(bind, std::sync::Arc::clone(&metrics))
+                    .await
+                    .map_err(|e| AppError::Metrics(e.to_string()))?;
+                tasks.push(task);
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Gateway {
+            metrics_addr,
             broker,
             clients,
             prefix,
@@ -574,12 +595,7 @@ fn subscription(filter: TopicFilter, qos: QoS) -> Subscription {
 }
 
 /// `<prefix>/<device>/<point>/set` -> the device's task; false for any other topic.
-fn route_command(
-    publish: &Publish,
-    routes: &Routes,
-    prefix: &str,
-    reply: &Handle,
-) -> bool {
+fn route_command(publish: &Publish, routes: &Routes, prefix: &str, reply: &Handle) -> bool {
     let Some(rest) = publish
         .topic
         .as_str()
@@ -640,6 +656,7 @@ async fn run_sim_device(
                         publish_reading(&clients, &base, &sim, &point, value).await;
                     }
                 }
+                clients.metrics.poll_succeeded(&device.id, now.elapsed());
             }
             Some(cmd) = commands_rx.recv() => {
                 let outcome = match &cmd.command {
@@ -719,7 +736,10 @@ async fn run_serial_device(
         Ok(parser) => parser,
         Err(e) => {
             // The configuration check compiles the pattern first; this cannot happen.
-            crate::observe::warn(format_args!("fieldgate run: device {}: {e}", device.id));
+            crate::observe::device_warn(
+                &device.id,
+                format_args!("fieldgate run: device {}: {e}", device.id),
+            );
             return;
         }
     };
@@ -741,6 +761,8 @@ async fn run_serial_device(
                                         publish_reading(&clients, &base, &device, &point, value).await;
                                     }
                                 }
+                                // A frame the device sent by itself: no poll, no latency.
+                                clients.metrics.poll_succeeded(&device.id, Duration::ZERO);
                             }
                             // Closed or failed (unplugged): offline, then reopen.
                             Ok(None) | Err(_) => break,
@@ -772,6 +794,7 @@ async fn run_serial_device(
                 // Missing port: retried below; the availability topic already says so.
             }
         }
+        clients.metrics.device_failed(&device.id);
         wait_offline(&base, &mut commands_rx, delay, "its port is not open").await;
         delay = (delay * 2).min(RETRY_MAX);
     }
@@ -913,10 +936,13 @@ async fn run_gpio_device(
                         Ok(edges) => Some(edges),
                         Err(e) => {
                             if !said_no_edges {
-                                crate::observe::warn(format_args!(
-                                    "fieldgate run: device {}: {e}, every {:?}",
-                                    device.id, device.poll
-                                ));
+                                crate::observe::device_warn(
+                                    &device.id,
+                                    format_args!(
+                                        "fieldgate run: device {}: {e}, every {:?}",
+                                        device.id, device.poll
+                                    ),
+                                );
                                 said_no_edges = true;
                             }
                             None
@@ -949,6 +975,7 @@ async fn run_gpio_device(
                                     Err(e) => break 'serve e.to_string(),
                                 }
                             }
+                            clients.metrics.poll_succeeded(&device.id, now.elapsed());
                         }
                         edge = next_edge(&mut edges) => match edge {
                             Some(Ok(edge)) => {
@@ -1004,11 +1031,12 @@ async fn run_gpio_device(
             }
         };
         // Said once per new failure, not at every retry.
+        clients.metrics.device_failed(&device.id);
         if failure != last_error {
-            crate::observe::warn(format_args!(
-                "fieldgate run: device {}: {failure}",
-                device.id
-            ));
+            crate::observe::device_warn(
+                &device.id,
+                format_args!("fieldgate run: device {}: {failure}", device.id),
+            );
             last_error = failure;
         }
         wait_offline(&base, &mut commands_rx, delay, &last_error).await;

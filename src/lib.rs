@@ -6,6 +6,7 @@ pub mod app;
 pub mod bridge;
 pub mod config;
 pub mod devices;
+pub mod metrics;
 pub mod modbus;
 pub mod mqtt;
 pub mod observe;

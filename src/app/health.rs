@@ -37,3 +37,46 @@ impl Gateway {
         )
     }
 }
+
+impl Gateway {
+    /// Where `/metrics` and `/healthz` are served (port 0 resolved), if configured.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Copies the broker's and the spool's figures into the metrics and publishes them,
+    /// retained, on `<prefix>/status` (both brokers).
+    pub async fn refresh(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut snapshot = crate::metrics::Snapshot::default();
+        if let Some(broker) = &self.broker {
+            let stats = broker.stats();
+            snapshot.broker_connections = stats.clients_connected.load(Relaxed) as u64;
+            snapshot.broker_messages_received = stats.publish_received.load(Relaxed);
+            snapshot.broker_messages_sent = stats.publish_sent.load(Relaxed);
+            snapshot.broker_messages_dropped = stats.publish_dropped.load(Relaxed);
+        }
+        if let Some(upstream) = self.upstream_stats() {
+            snapshot.spool_pending = upstream.spool.pending;
+            snapshot.spool_disk_bytes = upstream.spool.disk_bytes;
+            snapshot.spool_delivered = upstream.spool.delivered;
+            snapshot.spool_dropped = upstream.spool.dropped_full + upstream.spool.rejected;
+            snapshot.upstream_qos0_dropped = upstream.qos0_dropped_offline;
+        }
+        let metrics = &self.outputs.metrics;
+        metrics.update(snapshot, self.healthy());
+        let Ok(topic) = super::topic(&format!("{}/status", self.prefix)) else {
+            return;
+        };
+        let payload = metrics.status_json(&self.summary());
+        for client in self.outputs.handles() {
+            let status = super::message(
+                topic.clone(),
+                payload.clone(),
+                crate::mqtt::packet::QoS::AtLeastOnce,
+                true,
+            );
+            let _ = client.enqueue(status).await;
+        }
+    }
+}

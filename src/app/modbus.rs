@@ -115,6 +115,7 @@ struct Poller {
 impl Poller {
     /// One poll cycle: every request of the plan, in order.
     async fn poll(&mut self, device: &Device, clients: &Outputs, base: &str) {
+        let started = Instant::now();
         let requests = self.planner.plan().requests().to_vec();
         let mut answered = 0;
         let mut failure: Option<BusError> = None;
@@ -166,6 +167,13 @@ impl Poller {
             }
             _ => true,
         };
+        if online {
+            clients
+                .metrics
+                .poll_succeeded(&device.id, started.elapsed());
+        } else {
+            clients.metrics.device_failed(&device.id);
+        }
         if self.online != Some(online) {
             if online {
                 // Said again if it fails again later.
@@ -270,10 +278,10 @@ impl Poller {
     /// Logs a device problem once until the device recovers.
     fn warn(&mut self, device: &Device, problem: String) {
         if self.warned.insert(problem.clone()) {
-            crate::observe::warn(format_args!(
-                "fieldgate run: device {}: {problem}",
-                device.id
-            ));
+            crate::observe::device_warn(
+                &device.id,
+                format_args!("fieldgate run: device {}: {problem}", device.id),
+            );
         }
     }
 }

@@ -20,7 +20,12 @@ const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 enum Woke {
     Stop,
     Reload,
+    Refresh,
 }
+
+/// How often the metrics take the broker's and the spool's figures, and `<prefix>/status`
+/// is published.
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resolves at each SIGHUP (never, without a handler).
 ///
@@ -157,15 +162,21 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
     let _ = systemd.ready(&gateway.summary());
     let watchdog = systemd::watchdog_interval();
     let mut gateway = gateway;
+    if let Some(addr) = gateway.metrics_addr() {
+        eprintln!("fieldgate run: metrics on http://{addr}/metrics");
+    }
     let mut hangups = signal(SignalKind::hangup()).ok();
+    let mut refresh = tokio::time::interval(STATUS_INTERVAL);
     loop {
         let woke = tokio::select! {
             () = super::broker::wait_for_stop_signal() => Woke::Stop,
             () = pet_watchdog(&systemd, &gateway, watchdog) => Woke::Stop,
             () = hangup(&mut hangups) => Woke::Reload,
+            _ = refresh.tick() => Woke::Refresh,
         };
         match woke {
             Woke::Stop => break,
+            Woke::Refresh => gateway.refresh().await,
             Woke::Reload => {
                 let _ = systemd.notify("RELOADING=1");
                 reload(&mut gateway, file.as_ref()).await;

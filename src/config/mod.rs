@@ -39,6 +39,8 @@ pub struct Config {
     /// Modbus buses, each shared by the devices that name it.
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
+    /// Where `/metrics` and `/healthz` are served, if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// Each top-level section as written (canonical JSON), so a reload can tell which
     /// parts of the file changed (a `password_file`'s contents are not part of it).
     pub sections: std::collections::BTreeMap<String, String>,
@@ -348,6 +350,22 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|b| check.broker(b, &gateway.state_dir));
     let buses = check.buses(&raw.buses);
+    let metrics = raw.metrics.as_ref().and_then(|m| {
+        m.bind
+            .value
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                check.problem(
+                    "metrics.bind",
+                    Some(m.bind.referenced.line()),
+                    format!(
+                        "{:?} is not an address: write IP:PORT, e.g. 127.0.0.1:9100",
+                        m.bind.value
+                    ),
+                );
+            })
+            .ok()
+    });
     let devices = check.devices(&raw.devices, &buses);
     let upstream = raw
         .upstream
@@ -368,6 +386,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
             discovery_prefix,
             buses,
             devices,
+            metrics,
             sections,
         })
     } else {

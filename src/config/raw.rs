@@ -22,8 +22,17 @@ pub struct RawConfig {
     /// Physical links shared by devices (Modbus RTU ports, Modbus TCP servers).
     #[serde(default)]
     pub buses: Vec<RawBus>,
+    /// The optional HTTP listener for Prometheus (`/metrics`) and `/healthz`.
+    pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// `IP:PORT`, e.g. `127.0.0.1:9100`.
+    pub bind: Text,
 }
 
 /// A Modbus bus: `type: modbus_rtu` (a serial port), `modbus_tcp` or

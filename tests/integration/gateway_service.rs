@@ -194,3 +194,88 @@ fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_
     let got = receive(&port, &["fieldgate/gw10/a/availability"], 1);
     assert_eq!(got, ["fieldgate/gw10/a/availability offline"]);
 }
+
+/// One HTTP GET with a plain socket; the whole reply.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: fieldgate\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn metrics_health_and_the_status_topic_report_devices_and_the_broker() {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-metrics");
+    let file = dir.path().join("fieldgate.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "gateway:\n  id: gw11\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\nmetrics:\n  bind: 127.0.0.1:0\ndevices:\n{}",
+            device("tank")
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fieldgate run starts");
+    let mut running = KillOnDrop(child);
+    let stderr = collect_stderr(&mut running.0);
+    let find = |prefix: &str| -> Option<String> {
+        stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.split(prefix).nth(1).map(str::to_string))
+    };
+    crate::support::wait_until(Duration::from_secs(15), "the metrics address", || {
+        find("metrics on http://").is_some()
+    });
+    let metrics = find("metrics on http://").unwrap().replace("/metrics", "");
+    let port = find("broker listening on ")
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // The device has been polled, and the status is retained on the broker.
+    let status = receive(&port, &["fieldgate/gw11/status"], 1);
+    let status = crate::gateway_run::json(&status[0]);
+    assert_eq!(status["healthy"], true, "{status}");
+    assert!(
+        status["summary"].as_str().unwrap().contains("1 devices"),
+        "{status}"
+    );
+    crate::support::wait_until(Duration::from_secs(10), "tank's polls in /metrics", || {
+        let reply = http_get(&metrics, "/metrics");
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix("fieldgate_device_polls_total{device=\"tank\"} "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .is_some_and(|n| n >= 2)
+    });
+    let reply = http_get(&metrics, "/metrics");
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    assert!(
+        reply.contains("# TYPE fieldgate_broker_connections gauge"),
+        "{reply}"
+    );
+    assert!(
+        reply.contains("fieldgate_device_last_success_timestamp_seconds{device=\"tank\"}"),
+        "{reply}"
+    );
+    assert!(http_get(&metrics, "/healthz").starts_with("HTTP/1.1 200 OK"));
+    assert!(http_get(&metrics, "/other").starts_with("HTTP/1.1 404"));
+}

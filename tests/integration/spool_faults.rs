@@ -44,6 +44,9 @@ const SETTLE: Duration = Duration::from_secs(20);
 fn client_options(port: u16, id: &str, persistent: bool) -> ClientOptions {
     let mut session = ClientConfig::new(ProtocolVersion::V5, MqttString::try_from(id).unwrap());
     if persistent {
+        // Clean Start off from the first connection: mosquitto (2.0) does not save a
+        // session that began with Clean Start to its database, however long its expiry.
+        session.clean_start = false;
         session.session_expiry_interval = 3600;
     }
     let mut options = ClientOptions::new("127.0.0.1", port, session);
@@ -356,17 +359,25 @@ fn kill(gateway: &mut KillOnDrop) {
     let _ = gateway.0.wait();
 }
 
-/// Waits until `counter` has every acknowledged number on `topic`.
+/// Waits until `counter` has every acknowledged number on `topic`; fails naming the
+/// missing ones.
 async fn all_arrived(counter: &Counter, topic: &str, acked: &BTreeSet<u64>) {
-    wait_until_async(
-        SETTLE,
-        &format!("every acknowledged message on {topic}"),
-        || {
-            let ok = counter.distinct(topic).is_superset(acked);
-            async move { ok }
-        },
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let got = counter.distinct(topic);
+        if got.is_superset(acked) {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let missing: Vec<u64> = acked.difference(&got).copied().collect();
+            panic!(
+                "after {SETTLE:?}, {} acknowledged messages on {topic} have not arrived: {:?}...",
+                missing.len(),
+                &missing[..missing.len().min(20)]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

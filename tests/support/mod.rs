@@ -398,6 +398,12 @@ impl Mosquitto {
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
         let persistence = if persistent {
+            // Started as root, mosquitto runs as the `mosquitto` user: it must be able
+            // to write its database here (it says "Permission denied" on exit, and a
+            // restart finds no sessions).
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777))
+                .map_err(|e| format!("chmod {}: {e}", dir.path().display()))?;
             format!(
                 "persistence true\npersistence_location {}/",
                 dir.path().display()

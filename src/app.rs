@@ -429,7 +429,8 @@ fn connect_upstream(
     // ids: a QoS 2 id the broker still held would make it drop a new message as a
     // duplicate), and later reconnects resume the session, so in-flight QoS 2 messages
     // are completed rather than sent again (MQTT 5 only: 3.1.1's Clean Session cannot
-    // say both).
+    // say both). Across a restart of the broker this holds only if it saves such a
+    // session: mosquitto 2.0 does not save one that began with Clean Start.
     session.clean_start = true;
     session.session_expiry_interval = UPSTREAM_SESSION_EXPIRY;
     let mut options = ClientOptions::new(upstream.host.clone(), upstream.port, session);

@@ -6,6 +6,11 @@
 # 2. Runs cargo fmt --check, clippy -D warnings, cargo doc (warnings are errors), the doc
 #    tests and all tests, with FIELDGATE_REQUIRE_PEERS=1 so that a test never skips
 #    because a peer is missing.
+# 3. Deployment: builds the aarch64 and armv7 binaries with Debian's cross linkers
+#    (cross/build.sh, the fast ci-cross profile) and runs them under qemu-user
+#    (cross/check.sh), then builds the amd64, arm64 and armhf .debs and inspects them
+#    (packaging/check-deb.sh, which also runs systemd-analyze verify and security on the
+#    packaged unit through systemd/verify.sh).
 #
 # Idempotent: a second run installs nothing. Works from any directory, as root or with sudo.
 set -euo pipefail
@@ -80,6 +85,24 @@ install_system_peers() {
     fi
 }
 
+# What the deployment stage needs: cross linkers with the targets' C libraries (which
+# also serve qemu-user as the targets' root), qemu-user, systemd-analyze, dpkg-deb.
+install_deploy_tools() {
+    local missing=()
+    command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
+    [ -e /usr/aarch64-linux-gnu/lib/crt1.o ] || missing+=(libc6-dev-arm64-cross)
+    command -v arm-linux-gnueabihf-gcc >/dev/null 2>&1 || missing+=(gcc-arm-linux-gnueabihf)
+    [ -e /usr/arm-linux-gnueabihf/lib/crt1.o ] || missing+=(libc6-dev-armhf-cross)
+    { command -v qemu-aarch64-static && command -v qemu-arm-static; } >/dev/null 2>&1 ||
+        missing+=(qemu-user-static)
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        banner "installing Debian packages: ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+}
+
 # A Python that can create a venv: python3 on PATH, else Debian's, else install python3-venv.
 venv_python() {
     local candidate
@@ -115,6 +138,7 @@ start=$SECONDS
 banner "test peers"
 install_system_peers
 install_python_peers
+install_deploy_tools
 MOSQUITTO="$(mosquitto_path)"
 export FIELDGATE_REQUIRE_PEERS=1
 export FIELDGATE_TEST_PYTHON="$VENV/bin/python"
@@ -136,5 +160,20 @@ step cargo clippy --all-targets --locked -- -D warnings
 step env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 step cargo test --doc --locked
 step cargo test --all-targets --locked
+
+# Deployment. ci-cross: unoptimized, about a minute per target instead of several for the
+# release profile's fat LTO; what is checked here (it links, starts, packages) is the same.
+# The amd64 package takes the binary the tests above built; --fast: gzip -1, not xz.
+deploy_start=$SECONDS
+step bash cross/build.sh --profile ci-cross aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+step bash cross/check.sh --profile ci-cross aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
+step bash packaging/build-deb.sh --arch amd64 --binary target/debug/fieldgate --fast
+step bash packaging/build-deb.sh --arch arm64 --profile ci-cross --fast
+step bash packaging/build-deb.sh --arch armhf --profile ci-cross --fast
+for arch in amd64 arm64 armhf; do
+    step bash packaging/check-deb.sh "target/deb/fieldgate_${VERSION}-1_$arch.deb"
+done
+echo "deployment checks: $((SECONDS - deploy_start)) s"
 
 banner "all checks passed in $((SECONDS - start)) s"

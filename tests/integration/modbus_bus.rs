@@ -373,34 +373,44 @@ async fn the_bus_never_takes_a_late_reply_as_the_answer_to_the_next_request() {
         retries: 0,
     };
     let late_replies = |l: &str| l.starts_with("SENT 0103040064");
+    // The reply to `range`: its own data, or (when the late bytes were still on their way
+    // through the pty when the request went out, as on a loaded machine) a refusal, after
+    // which the line is resynchronised and asking again gives the data. Never another
+    // request's data.
+    // Returns whether it took a refusal.
+    let read_right = async |range: ReadRange, expected: &[u16]| -> bool {
+        match bus.read("meter", &slow, range).await {
+            Err(BusError::InvalidReply(_)) => {
+                assert_eq!(bus.read("meter", &slow, range).await, registers(expected));
+                true
+            }
+            other => {
+                assert_eq!(other, registers(expected));
+                false
+            }
+        }
+    };
 
     // The late reply arrives before the next request goes out: discarded before it.
     let error = bus.read("meter", &slow, holding(0, 2)).await.unwrap_err();
     assert!(matches!(error, BusError::Timeout { .. }), "{error}");
     peer.wait_for_count("the first late reply", 1, late_replies);
-    assert_eq!(
-        bus.read("meter", &slow, holding(10, 2)).await,
-        registers(&[110, 111])
-    );
+    let mut refused = read_right(holding(10, 2), &[110, 111]).await;
 
     // The next request goes out before the late reply arrives: its own answer comes
     // first, and the late one is discarded before the request after.
     let error = bus.read("meter", &slow, holding(0, 2)).await.unwrap_err();
     assert!(matches!(error, BusError::Timeout { .. }), "{error}");
-    assert_eq!(
-        bus.read("meter", &slow, holding(12, 2)).await,
-        registers(&[112, 113])
-    );
+    refused |= read_right(holding(12, 2), &[112, 113]).await;
     peer.wait_for_count("the second late reply", 2, late_replies);
-    assert_eq!(
-        bus.read("meter", &slow, holding(18, 2)).await,
-        registers(&[118, 119])
-    );
-    assert!(
-        bus.stats().stale_bytes >= 18,
-        "both 9-byte late replies were discarded: {:?}",
-        bus.stats()
-    );
+    refused |= read_right(holding(18, 2), &[118, 119]).await;
+    if !refused {
+        assert!(
+            bus.stats().stale_bytes >= 18,
+            "both 9-byte late replies were discarded: {:?}",
+            bus.stats()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

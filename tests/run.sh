@@ -168,7 +168,7 @@ deploy_start=$SECONDS
 step bash cross/build.sh --profile ci-cross aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 step bash cross/check.sh --profile ci-cross aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
-step bash packaging/build-deb.sh --arch amd64 --binary target/debug/fieldgate --fast
+step bash packaging/build-deb.sh --arch amd64 --binary "${CARGO_TARGET_DIR:-target}/debug/fieldgate" --fast
 step bash packaging/build-deb.sh --arch arm64 --profile ci-cross --fast
 step bash packaging/build-deb.sh --arch armhf --profile ci-cross --fast
 for arch in amd64 arm64 armhf; do

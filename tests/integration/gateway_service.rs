@@ -90,6 +90,23 @@ fn under_systemd_it_says_ready_pets_the_watchdog_and_stops_cleanly_on_sigterm() 
     assert_eq!(offline, ["fieldgate/gw9/availability offline"]);
 }
 
+/// `fieldgate run -c file`, its stderr lines collected as they come.
+fn run_collecting_stderr(
+    file: &std::path::Path,
+) -> (KillOnDrop, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["run", "-c"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fieldgate run starts");
+    // Owned by the guard at once: a failed assertion must not leave it running.
+    let mut running = KillOnDrop(child);
+    let stderr = collect_stderr(&mut running.0);
+    (running, stderr)
+}
+
 /// Lines a child writes to stderr, collected on a thread.
 fn collect_stderr(
     child: &mut std::process::Child,
@@ -122,15 +139,7 @@ fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_
     let file = dir.path().join("fieldgate.yaml");
     let head = "gateway:\n  id: gw10\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\ndevices:\n";
     std::fs::write(&file, format!("{head}{}", device("a"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
-        .args(["run", "-c"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fieldgate run starts");
-    let mut running = KillOnDrop(child);
-    let stderr = collect_stderr(&mut running.0);
+    let (running, stderr) = run_collecting_stderr(&file);
     let said = |what: &str| stderr.lock().unwrap().iter().any(|l| l.contains(what));
     crate::support::wait_until(Duration::from_secs(15), "the broker's port", || {
         said("broker listening on")
@@ -223,15 +232,7 @@ fn metrics_health_and_the_status_topic_report_devices_and_the_broker() {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
-        .args(["run", "-c"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fieldgate run starts");
-    let mut running = KillOnDrop(child);
-    let stderr = collect_stderr(&mut running.0);
+    let (_running, stderr) = run_collecting_stderr(&file);
     let find = |prefix: &str| -> Option<String> {
         stderr
             .lock()

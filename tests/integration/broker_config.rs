@@ -105,7 +105,9 @@ if not subscribed.wait(10):
     print("no SUBACK"); sys.exit(1)
 print("subscribed", flush=True)
 deadline = time.time() + 15
-while time.time() < deadline and not any(t == "plant/end" for t, _ in got):
+# Both: subscribed between a round's two publishes, the end mark can come first.
+seen = lambda topic: any(t == topic for t, _ in got)
+while time.time() < deadline and not (seen("plant/temp") and seen("plant/end")):
     time.sleep(0.01)
 c.disconnect(); c.loop_stop()
 for t, p in got:

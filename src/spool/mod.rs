@@ -164,6 +164,10 @@ pub enum SpoolError {
     /// A segment from a newer fieldgate: upgrade, or move the directory aside.
     #[error("spool {path} has format version {version}, newer than this fieldgate reads")]
     Format { path: PathBuf, version: u8 },
+    /// Another spool holds the directory: another fieldgate with the same state
+    /// directory is running.
+    #[error("spool {path} is in use by another process (its lock file is held)")]
+    Locked { path: PathBuf },
     #[error("spool settings: {0}")]
     Config(String),
     /// `on_full: reject_new` and no room: retry after the uplink drained some.
@@ -326,6 +330,7 @@ impl Spool {
                 Fsync::Always | Fsync::Never => Duration::from_secs(1),
             },
             last_cursor: now,
+            lock: Some(opened.lock),
         };
         std::thread::Builder::new()
             .name("fieldgate-spool".into())

@@ -21,7 +21,12 @@ pub(super) struct Opened {
     pub(super) state: State,
     pub(super) current: Option<(u64, File)>,
     pub(super) recovery: Recovery,
+    /// The directory's lock, held for as long as the writer runs.
+    pub(super) lock: File,
 }
+
+/// The lock file's name (not a segment name, so listing ignores it).
+pub(super) const LOCK: &str = "lock";
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
@@ -33,6 +38,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 pub(super) fn open(config: &SpoolConfig) -> Result<Opened, SpoolError> {
     let dir = config.dir.as_path();
     fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let lock = lock(dir)?;
     // A crash between writing the temporary cursor and renaming it: the old one stands.
     let temp = dir.join(cursor::TEMP);
     match fs::remove_file(&temp) {
@@ -205,5 +211,26 @@ pub(super) fn open(config: &SpoolConfig) -> Result<Opened, SpoolError> {
         state,
         current,
         recovery,
+        lock,
     })
+}
+
+/// Takes the directory's lock: two writers on one spool (a second `fieldgate run` with
+/// the same state directory, or a reload that opened it before the old one closed)
+/// would hand out the same sequence numbers and delete each other's segments. An
+/// advisory `flock`, so the kernel releases it when the process dies: a crash never
+/// leaves a stale lock behind.
+fn lock(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(SpoolError::Locked { path: dir.into() }),
+        Err(e) => Err(io_error(&path)(e.into())),
+    }
 }

@@ -839,3 +839,20 @@ async fn records_taken_with_enqueue_keep_their_order_and_share_syncs_when_awaite
     assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
     spool.close().await;
 }
+
+#[tokio::test]
+async fn a_second_spool_on_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = TempDir::new("locked");
+    let (spool, _consumer, _) = Spool::open(config(&dir)).unwrap();
+    append_all(&spool, 0..3).await;
+    match Spool::open(config(&dir)) {
+        Err(SpoolError::Locked { path }) => assert_eq!(path, dir.path()),
+        other => panic!("a second writer was let in: {other:?}"),
+    }
+    // `close` returns once the lock is free: the reopened spool has the three records.
+    spool.close().await;
+    let (again, mut consumer, recovery) = Spool::open(config(&dir)).unwrap();
+    assert_eq!(recovery.records, 3);
+    assert_eq!(drain(&mut consumer).await.len(), 3);
+    again.close().await;
+}

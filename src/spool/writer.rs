@@ -46,6 +46,9 @@ pub(super) struct Writer {
     /// How long a moved cursor may wait before it is written.
     pub(super) cursor_every: Duration,
     pub(super) last_cursor: Instant,
+    /// The directory's lock: released after the last flush, before the writer says it
+    /// stopped (so a spool opened once `close` returned finds it free).
+    pub(super) lock: Option<File>,
 }
 
 impl Writer {
@@ -117,6 +120,10 @@ impl Writer {
                     stopped: closing || st.failed.is_some(),
                 }
             };
+            if progress.stopped {
+                self.current = None;
+                self.lock = None;
+            }
             self.shared.progress.send_replace(progress);
             if progress.stopped {
                 // A consumer waiting for records learns that none will come.

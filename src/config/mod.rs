@@ -837,6 +837,23 @@ impl Checker {
                     continue;
                 }
             };
+            if let Some(to) = &r.to {
+                let other = match from {
+                    Side::Local => "upstream",
+                    Side::Upstream => "local",
+                };
+                if to.value != other {
+                    self.problem(
+                        &format!("{path}.to"),
+                        Some(to.referenced.line()),
+                        format!(
+                            "{:?}: a rule from {} forwards to {other} (`to` may be left out)",
+                            to.value, r.from.value
+                        ),
+                    );
+                    continue;
+                }
+            }
             if !(upstream && local) {
                 self.problem(
                     &path,
@@ -1483,6 +1500,26 @@ mod tests {
         );
         assert!(upstream.tls.is_some_and(|t| t.system_roots));
         assert_eq!(config.forward[0].rewrite("cmd/valve/1"), "site/valve/1");
+    }
+
+    #[test]
+    fn a_forward_rule_may_name_its_destination_but_only_the_other_side() {
+        let base = "broker:\n  listeners:\n    - bind: 127.0.0.1:1883\nupstream:\n  url: mqtt://cloud\nforward:\n";
+        let config = parse(
+            &format!("{base}  - {{from: local, filter: \"in/#\", to: upstream, qos: 1}}\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(config.forward[0].from, Side::Local);
+        let found = problems(&format!(
+            "{base}  - {{from: upstream, filter: \"cmd/#\", to: upstream}}\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0]
+                .starts_with("forward[0].to: \"upstream\": a rule from upstream forwards to local"),
+            "{found:#?}"
+        );
     }
 
     #[test]

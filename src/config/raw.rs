@@ -132,6 +132,8 @@ pub struct RawUpstreamTls {
 pub struct RawForward {
     /// `local` or `upstream`: where messages are taken from.
     pub from: Text,
+    /// Optional, for readability: the other side (`upstream` or `local`).
+    pub to: Option<Text>,
     pub filter: Text,
     /// Replaces the topic's leading `strip` part (or prepends, when `strip` is absent).
     pub strip: Option<Text>,

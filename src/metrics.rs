@@ -34,8 +34,12 @@ pub struct Snapshot {
     pub broker_messages_dropped: u64,
     pub spool_pending: u64,
     pub spool_disk_bytes: u64,
+    pub spool_enqueued: u64,
     pub spool_delivered: u64,
+    /// Dropped by `on_full: drop_oldest` (`dropped.full` on `<prefix>/$SYS/spool`).
     pub spool_dropped: u64,
+    /// Refused by `on_full: reject_new`.
+    pub spool_rejected: u64,
     pub upstream_qos0_dropped: u64,
 }
 
@@ -53,8 +57,10 @@ pub struct Metrics {
     broker_dropped: Counter,
     spool_pending: Gauge,
     spool_disk_bytes: Gauge,
+    spool_enqueued: Counter,
     spool_delivered: Counter,
     spool_dropped: Counter,
+    spool_rejected: Counter,
     upstream_qos0_dropped: Counter,
     /// The last snapshot copied in: counters only move forward by the difference.
     last: std::sync::Mutex<Snapshot>,
@@ -112,8 +118,10 @@ impl Metrics {
             broker_dropped: Counter::default(),
             spool_pending: Gauge::default(),
             spool_disk_bytes: Gauge::default(),
+            spool_enqueued: Counter::default(),
             spool_delivered: Counter::default(),
             spool_dropped: Counter::default(),
+            spool_rejected: Counter::default(),
             upstream_qos0_dropped: Counter::default(),
             last: std::sync::Mutex::new(Snapshot::default()),
             healthy: AtomicBool::new(true),
@@ -155,14 +163,24 @@ impl Metrics {
             self.spool_disk_bytes.clone(),
         );
         r.register(
+            "spool_enqueued",
+            "Messages the spool took for the upstream broker",
+            self.spool_enqueued.clone(),
+        );
+        r.register(
             "spool_delivered",
             "Spooled messages the upstream broker acknowledged",
             self.spool_delivered.clone(),
         );
         r.register(
             "spool_dropped",
-            "Spooled messages dropped by the spool's bound",
+            "Spooled messages dropped to make room (on_full: drop_oldest)",
             self.spool_dropped.clone(),
+        );
+        r.register(
+            "spool_rejected",
+            "Messages the full spool refused (on_full: reject_new)",
+            self.spool_rejected.clone(),
         );
         r.register(
             "upstream_qos0_dropped",
@@ -226,7 +244,17 @@ impl Metrics {
             last.spool_delivered,
             now.spool_delivered,
         );
+        forward(
+            &self.spool_enqueued,
+            last.spool_enqueued,
+            now.spool_enqueued,
+        );
         forward(&self.spool_dropped, last.spool_dropped, now.spool_dropped);
+        forward(
+            &self.spool_rejected,
+            last.spool_rejected,
+            now.spool_rejected,
+        );
         forward(
             &self.upstream_qos0_dropped,
             last.upstream_qos0_dropped,
@@ -266,11 +294,15 @@ impl Metrics {
                 "messages_sent": last.broker_messages_sent,
                 "messages_dropped": last.broker_messages_dropped,
             },
+            // The headline figures, named as on `<prefix>/$SYS/spool` (which has them
+            // all, sooner).
             "spool": {
+                "enqueued": last.spool_enqueued,
+                "delivered": last.spool_delivered,
+                "dropped_full": last.spool_dropped,
+                "rejected": last.spool_rejected,
                 "pending": last.spool_pending,
                 "disk_bytes": last.spool_disk_bytes,
-                "delivered": last.spool_delivered,
-                "dropped": last.spool_dropped,
             },
             "upstream_qos0_dropped": last.upstream_qos0_dropped,
         })
@@ -385,6 +417,8 @@ mod tests {
             broker_connections: 3,
             broker_messages_received: 10,
             spool_pending: 7,
+            spool_enqueued: 9,
+            spool_rejected: 2,
             ..Snapshot::default()
         };
         metrics.update(snapshot, true);
@@ -417,6 +451,10 @@ mod tests {
         assert!(text.contains("fieldgate_device_last_success_timestamp_seconds{device=\"meter\"}"));
         let status: serde_json::Value = serde_json::from_str(&metrics.status_json("ok")).unwrap();
         assert_eq!(status["spool"]["pending"], 7);
+        assert!(text.contains("fieldgate_spool_enqueued_total 9"), "{text}");
+        assert!(text.contains("fieldgate_spool_rejected_total 2"), "{text}");
+        assert_eq!(status["spool"]["rejected"], 2);
+        assert_eq!(status["spool"]["dropped_full"], 0);
         assert_eq!(status["healthy"], true);
     }
 

@@ -14,6 +14,7 @@
 //! client directly (its session keeps QoS 1/2 ones across reconnects, not restarts).
 
 mod health;
+mod links;
 mod modbus;
 mod reload;
 mod upstream;
@@ -22,25 +23,23 @@ pub use reload::Reload;
 
 pub use upstream::{UpstreamError, UpstreamStats};
 
+use links::Links;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use crate::bridge::{commands, discovery, telemetry};
-use crate::config::{Config, Device, Forward, GpioChip, SerialPort, Side, Source, Upstream};
+use crate::config::{Config, Device, Forward, GpioChip, SerialPort, Source};
 use crate::devices::sim::SimDevice;
 use crate::devices::{Quality, Value};
 use crate::mqtt::broker::{Broker, BrokerError, Transport};
-use crate::mqtt::client::{self, ClientEvent, ClientOptions, Handle};
-use crate::mqtt::packet::{
-    ProtocolVersion, Publish, PublishProperties, QoS, Subscription, SubscriptionOptions, Will,
-    WillProperties,
-};
-use crate::mqtt::session::client::ClientConfig;
-use crate::mqtt::string::MqttString;
+use crate::mqtt::client::{self, ClientEvent, Handle};
+use crate::mqtt::packet::{Publish, PublishProperties, QoS, Subscription, SubscriptionOptions};
 use crate::mqtt::topic::{TopicFilter, TopicName};
 
 /// Why the gateway could not start.
@@ -82,24 +81,19 @@ type Routes = std::sync::Arc<std::sync::RwLock<HashMap<String, mpsc::Sender<Devi
 #[derive(Debug)]
 pub struct Gateway {
     broker: Option<Broker>,
-    /// The gateway's clients: the local broker's first, then the upstream one.
-    clients: Vec<Handle>,
-    prefix: String,
-    /// The clients' event loops and the like: for the gateway's whole life.
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// One task per device, by id (a reload restarts only those that changed).
-    devices: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// Where the gateway's own client reaches the local broker.
+    broker_addr: SocketAddr,
+    /// The counters every task adds to: kept across reloads, so they carry on.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The `/metrics` listener, if configured: its address (port 0 resolved) and task.
+    metrics_listener: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     /// The bus tasks in use, with what they were started for.
     buses: HashMap<String, (crate::modbus::bus::BusConfig, crate::modbus::bus::BusHandle)>,
-    routes: Routes,
-    outputs: Outputs,
-    /// The configuration running (after a reload: its new devices and buses, and the
-    /// sections a reload could not apply as they were).
+    /// The clients, the upstream path and the devices (see `links`).
+    links: Links,
+    /// The configuration running (after a reload: what it applied, and the sections it
+    /// could not apply as they were).
     config: Config,
-    /// The spool and its pump, with an upstream.
-    upstream: Option<upstream::Running>,
-    /// Where `/metrics` is served, if configured.
-    metrics_addr: Option<SocketAddr>,
 }
 
 /// Where readings and availability go: the local broker's client, and with an upstream,
@@ -128,20 +122,6 @@ enum ForwardTo {
     Upstream(upstream::UpstreamPath),
 }
 
-/// How long the local broker keeps the gateway's session while the gateway is away:
-/// only across a restart (the broker runs in the same process), so a week is plenty; a
-/// bound keeps a session whose client id changed from lingering for ever.
-const LOCAL_SESSION_EXPIRY: u32 = 7 * 24 * 3600;
-
-/// How long the upstream broker keeps the gateway's session across a network cut (MQTT
-/// 5): unacknowledged QoS 2 messages are then completed, not sent as new ones. Each
-/// start begins clean (see `connect_upstream`).
-const UPSTREAM_SESSION_EXPIRY: u32 = 24 * 3600;
-
-/// Inbound QoS 1/2 messages the local broker may have waiting for the gateway's
-/// acknowledgement (our Receive Maximum): the acknowledgement queue's room.
-const LOCAL_RECEIVE_MAXIMUM: u16 = 100;
-
 fn topic(name: &str) -> Result<TopicName, AppError> {
     TopicName::try_from(name).map_err(|_| AppError::Topic(name.to_string()))
 }
@@ -159,14 +139,14 @@ fn message(topic: TopicName, payload: impl Into<Bytes>, qos: QoS, retain: bool) 
 }
 
 impl Gateway {
-    /// Starts the broker, the client and the devices.
+    /// Starts the broker, the metrics listener, the buses and the links (the clients,
+    /// the upstream path and the devices).
     pub async fn start(config: Config) -> Result<Gateway, AppError> {
-        let prefix = config.gateway.topic_prefix.clone();
         let broker = match config.broker.clone() {
             Some(broker) => Some(Broker::start(broker).await?),
             None => None,
         };
-        let addr = broker
+        let broker_addr = broker
             .as_ref()
             .and_then(|b| {
                 b.local_addrs()
@@ -176,129 +156,21 @@ impl Gateway {
                     .map(|(a, _)| *a)
             })
             .ok_or(AppError::NoLocalBroker)?;
-        // Forwarding LAN messages up: the local client's session outlives a crash and it
-        // acknowledges a message only once the spool has it (see `app::upstream`).
-        let forwards_up =
-            config.upstream.is_some() && config.forward.iter().any(|r| r.from == Side::Local);
-        let local = connect_local(&config, addr, &prefix, forwards_up)?;
-        let upstream = match &config.upstream {
-            Some(upstream) => Some(connect_upstream(&config, upstream, &prefix)?),
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let metrics_listener = match config.metrics {
+            Some(bind) => Some(serve_metrics(bind, &metrics).await?),
             None => None,
         };
-        let (mut running, link) = match (&config.upstream, &upstream) {
-            (Some(settings), Some((handle, _))) => {
-                let (running, link) =
-                    upstream::start(settings.spool.clone(), handle.clone()).await?;
-                (Some(running), Some(link))
-            }
-            _ => (None, None),
-        };
-        let clients: Vec<Handle> = std::iter::once(local.0.clone())
-            .chain(upstream.as_ref().map(|(h, _)| h.clone()))
-            .collect();
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-        let outputs = Outputs {
-            metrics: std::sync::Arc::clone(&metrics),
-            local: local.0.clone(),
-            upstream: running.as_ref().map(|r| r.path.clone()),
-        };
-        // Commands arrive as client events; each goes to its device's task.
-        let mut routes: HashMap<String, mpsc::Sender<DeviceCommand>> = HashMap::new();
-        let mut inboxes = Vec::new();
-        for device in &config.devices {
-            let (tx, rx) = mpsc::channel(64);
-            routes.insert(device.id.clone(), tx);
-            inboxes.push(rx);
-        }
-        let mut tasks = Vec::new();
-        if let Some(running) = &mut running {
-            running.start_status(&prefix, local.0.clone());
-        }
-        let acks = if forwards_up {
-            let (acks, task) =
-                upstream::spawn_acker(local.0.clone(), usize::from(LOCAL_RECEIVE_MAXIMUM));
-            tasks.push(task);
-            Some(acks)
-        } else {
-            None
-        };
-        let routes: Routes = std::sync::Arc::new(std::sync::RwLock::new(routes));
-        let discovery = config.discovery_prefix.as_ref().map(|discovery_prefix| {
-            let messages: Vec<discovery::Discovery> = config
-                .devices
-                .iter()
-                .flat_map(|d| discovery::messages(discovery_prefix, &config.gateway.id, &prefix, d))
-                .collect();
-            std::sync::Arc::new((format!("{discovery_prefix}/status"), messages))
-        });
-        let up_path = outputs.upstream.clone().map(ForwardTo::Upstream);
-        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
-        let sides = [
-            Some((Side::Local, local, up_path, Some(ready_tx), None, acks)),
-            upstream.map(|u| {
-                let to_local = Some(ForwardTo::Local(clients[0].clone()));
-                (Side::Upstream, u, to_local, None, link, None)
-            }),
-        ];
-        for (side, (handle, events), forward_to, ready, link, acks) in sides.into_iter().flatten() {
-            let rules: Vec<Forward> = config
-                .forward
-                .iter()
-                .filter(|r| r.from == side)
-                .cloned()
-                .collect();
-            tasks.push(tokio::spawn(serve_client(
-                ServeClient {
-                    prefix: prefix.clone(),
-                    handle,
-                    forward_to,
-                    link,
-                    acks,
-                    rules,
-                    routes: std::sync::Arc::clone(&routes),
-                    discovery: discovery.clone(),
-                    ready,
-                },
-                events,
-            )));
-        }
-        // Devices start once the local broker has the gateway's client: a first reading
-        // at QoS 0 taken before would be dropped (and with a long poll, missing for long).
-        // The broker is in this process, so this is a matter of milliseconds; the bound
-        // only keeps a broken start from hanging.
-        let _ = tokio::time::timeout(LOCAL_CONNECT_WAIT, ready.wait_for(|r| *r)).await;
         let buses = modbus::spawn_buses(&config);
-        let handles: HashMap<String, crate::modbus::bus::BusHandle> = buses
-            .iter()
-            .map(|(id, (_, h))| (id.clone(), h.clone()))
-            .collect();
-        let mut devices = HashMap::new();
-        for (device, rx) in config.devices.iter().zip(inboxes) {
-            let task = spawn_device(device, &prefix, &outputs, &handles, rx)?;
-            devices.insert(device.id.clone(), task);
-        }
-        let metrics_addr = match config.metrics {
-            Some(bind) => {
-                let (addr, task) = crate::metrics::serve(bind, std::sync::Arc::clone(&metrics))
-                    .await
-                    .map_err(|e| AppError::Metrics(e.to_string()))?;
-                tasks.push(task);
-                Some(addr)
-            }
-            None => None,
-        };
+        let links = Links::start(&config, broker_addr, &metrics, &bus_handles(&buses)).await?;
         Ok(Gateway {
-            metrics_addr,
             broker,
-            clients,
-            prefix,
-            tasks,
-            devices,
+            broker_addr,
+            metrics,
+            metrics_listener,
             buses,
-            routes,
-            outputs,
+            links,
             config,
-            upstream: running,
         })
     }
 
@@ -310,32 +182,40 @@ impl Gateway {
     /// The upstream path's counters (with an upstream): what `<prefix>/$SYS/spool`
     /// publishes.
     pub fn upstream_stats(&self) -> Option<UpstreamStats> {
-        self.upstream.as_ref().map(upstream::Running::stats)
+        self.links.upstream.as_ref().map(upstream::Running::stats)
     }
 
     /// Stops the devices, lets the upstream pump finish what is in flight (briefly) and
     /// closes the spool, announces `offline`, disconnects and stops the broker.
-    pub async fn shutdown(self) {
-        for task in self.tasks.iter().chain(self.devices.values()) {
-            task.abort();
+    pub async fn shutdown(mut self) {
+        if let Some((_, listener)) = &self.metrics_listener {
+            listener.abort();
         }
-        if let Some(upstream) = self.upstream {
-            upstream.shutdown().await;
-        }
-        for client in &self.clients {
-            if let Ok(availability) = topic(&format!("{}/availability", self.prefix)) {
-                let offline = message(availability, "offline", QoS::AtLeastOnce, true);
-                if let Ok(delivery) = client.enqueue(offline).await {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), delivery.delivered()).await;
-                }
-            }
-            client.disconnect().await;
-        }
+        self.links.stop(true).await;
         if let Some(broker) = self.broker {
             broker.shutdown().await;
         }
     }
+}
+
+/// Binds the `/metrics` listener.
+async fn serve_metrics(
+    bind: SocketAddr,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), AppError> {
+    crate::metrics::serve(bind, Arc::clone(metrics))
+        .await
+        .map_err(|e| AppError::Metrics(e.to_string()))
+}
+
+/// The handles of running buses, by id: what device tasks are given.
+fn bus_handles(
+    buses: &HashMap<String, (crate::modbus::bus::BusConfig, crate::modbus::bus::BusHandle)>,
+) -> HashMap<String, crate::modbus::bus::BusHandle> {
+    buses
+        .iter()
+        .map(|(id, (_, handle))| (id.clone(), handle.clone()))
+        .collect()
 }
 
 /// Starts the task of one device, taking its commands from `rx`.
@@ -366,76 +246,6 @@ fn spawn_device(
             tokio::spawn(modbus::run(device, m, bus, prefix, outputs, rx))
         }
     })
-}
-
-fn will(prefix: &str) -> Result<Will, AppError> {
-    Ok(Will {
-        topic: topic(&format!("{prefix}/availability"))?,
-        payload: Bytes::from_static(b"offline"),
-        qos: QoS::AtLeastOnce,
-        retain: true,
-        properties: WillProperties::default(),
-    })
-}
-
-fn client_id(id: &str) -> Result<MqttString, AppError> {
-    MqttString::try_from(id).map_err(|e| AppError::Client(e.to_string()))
-}
-
-/// The client on the local broker (plain TCP on loopback). With `forwards_up` its
-/// session is persistent and it acknowledges inbound QoS 1/2 messages itself, once
-/// their copies are in the spool (see `app::upstream`).
-fn connect_local(
-    config: &Config,
-    addr: SocketAddr,
-    prefix: &str,
-    forwards_up: bool,
-) -> Result<(Handle, client::Events), AppError> {
-    let id = client_id(&format!("{}-gateway", config.gateway.id))?;
-    let mut session = ClientConfig::new(ProtocolVersion::V5, id);
-    session.keep_alive = 30;
-    session.will = Some(will(prefix)?);
-    session.receive_maximum = std::num::NonZeroU16::MIN.saturating_add(LOCAL_RECEIVE_MAXIMUM - 1);
-    if forwards_up {
-        // Resume the session the broker restored from its journal: messages it took
-        // for us and we never acknowledged come again.
-        session.clean_start = false;
-        session.session_expiry_interval = LOCAL_SESSION_EXPIRY;
-        session.manual_acks = true;
-    }
-    let options = ClientOptions::new(addr.ip().to_string(), addr.port(), session);
-    client::spawn(options).map_err(|e| AppError::Client(e.to_string()))
-}
-
-/// The client on the upstream broker, with its will saying `offline` there too.
-fn connect_upstream(
-    config: &Config,
-    upstream: &Upstream,
-    prefix: &str,
-) -> Result<(Handle, client::Events), AppError> {
-    let id = upstream
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("fieldgate-{}", config.gateway.id));
-    let mut session = ClientConfig::new(upstream.protocol, client_id(&id)?);
-    session.keep_alive = u16::try_from(upstream.keep_alive.as_secs()).unwrap_or(u16::MAX);
-    session.username = match &upstream.username {
-        Some(u) => Some(client_id(u)?),
-        None => None,
-    };
-    session.password = upstream.password.clone().map(Bytes::from);
-    session.will = Some(will(prefix)?);
-    // Each start begins clean (a new process knows none of the old session's packet
-    // ids: a QoS 2 id the broker still held would make it drop a new message as a
-    // duplicate), and later reconnects resume the session, so in-flight QoS 2 messages
-    // are completed rather than sent again (MQTT 5 only: 3.1.1's Clean Session cannot
-    // say both). Across a restart of the broker this holds only if it saves such a
-    // session: mosquitto 2.0 does not save one that began with Clean Start.
-    session.clean_start = true;
-    session.session_expiry_interval = UPSTREAM_SESSION_EXPIRY;
-    let mut options = ClientOptions::new(upstream.host.clone(), upstream.port, session);
-    options.tls = upstream.tls.clone();
-    client::spawn(options).map_err(|e| AppError::Client(e.to_string()))
 }
 
 /// What one client's event loop needs.
@@ -708,10 +518,6 @@ async fn answer(base: &str, cmd: &DeviceCommand, outcome: Result<Value, String>)
             .await;
     }
 }
-
-/// How long devices wait for the gateway's client on the local broker before starting
-/// anyway.
-const LOCAL_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest wait between attempts to open a device that is gone (a serial port
 /// unplugged, a GPIO chip missing).

@@ -8,12 +8,19 @@
 use std::io::Write;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
 /// Set once a logger is installed: until then (library use, tests) warnings go straight
 /// to stderr instead of to the facade's no-op logger.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The installed logger's filter, replaceable while it runs (a reload's new
+/// `gateway.log_level`): the logger itself can be installed only once per process.
+static FILTER: OnceLock<Arc<ArcSwap<LogFilter>>> = OnceLock::new();
 
 /// Which levels are logged, by module: a default and per-module-path overrides, the
 /// longest matching prefix winning (`warn,fieldgate::modbus=debug`).
@@ -123,6 +130,7 @@ pub enum Destination {
 /// when systemd connected stderr to it, stderr otherwise.
 pub fn init(filter: LogFilter) -> Destination {
     let max = filter.max();
+    let filter = Arc::clone(FILTER.get_or_init(|| Arc::new(ArcSwap::from_pointee(filter))));
     let (logger, destination): (Box<dyn Log>, Destination) =
         match systemd_journal_logger::connected_to_journal()
             .then(systemd_journal_logger::JournalLog::new)
@@ -149,6 +157,14 @@ pub fn init(filter: LogFilter) -> Destination {
         INSTALLED.store(true, Ordering::Release);
     }
     destination
+}
+
+/// Replaces the installed logger's filter (nothing happens before [`init`]).
+pub fn set_filter(filter: LogFilter) {
+    if let Some(current) = FILTER.get() {
+        log::set_max_level(filter.max());
+        current.store(Arc::new(filter));
+    }
 }
 
 /// Logs a warning (to stderr while no logger is installed).
@@ -182,13 +198,13 @@ pub fn device_warn(device: &str, message: std::fmt::Arguments<'_>) {
 
 /// A logger behind the module filter.
 struct Filtered<L> {
-    filter: LogFilter,
+    filter: Arc<ArcSwap<LogFilter>>,
     inner: L,
 }
 
 impl<L: Log> Log for Filtered<L> {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.filter.level_for(metadata.target())
+        metadata.level() <= self.filter.load().level_for(metadata.target())
     }
 
     fn log(&self, record: &Record<'_>) {

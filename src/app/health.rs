@@ -6,13 +6,20 @@
 use super::Gateway;
 
 impl Gateway {
+    /// Every task that runs for the gateway's life (or the links' life, until a reload):
+    /// the clients' event loops and the like, the devices, the metrics listener.
+    fn tasks(&self) -> impl Iterator<Item = &tokio::task::JoinHandle<()>> {
+        self.links
+            .tasks
+            .iter()
+            .chain(self.links.devices.values())
+            .chain(self.metrics_listener.as_ref().map(|(_, task)| task))
+    }
+
     /// True while none of the gateway's tasks has ended (each runs for the gateway's life:
     /// one that ended panicked or lost its channel, and systemd should restart us).
     pub fn healthy(&self) -> bool {
-        self.tasks
-            .iter()
-            .chain(self.devices.values())
-            .all(|task| !task.is_finished())
+        self.tasks().all(|task| !task.is_finished())
     }
 
     /// One line: the broker's addresses and how many tasks run.
@@ -28,12 +35,11 @@ impl Gateway {
                     .join(", ")
             ),
         };
-        let all = || self.tasks.iter().chain(self.devices.values());
-        let running = all().filter(|t| !t.is_finished()).count();
+        let running = self.tasks().filter(|t| !t.is_finished()).count();
         format!(
             "{broker}; {} devices; {running} of {} tasks running",
-            self.devices.len(),
-            all().count()
+            self.links.devices.len(),
+            self.tasks().count()
         )
     }
 }
@@ -41,7 +47,7 @@ impl Gateway {
 impl Gateway {
     /// Where `/metrics` and `/healthz` are served (port 0 resolved), if configured.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_addr
+        self.metrics_listener.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Copies the broker's and the spool's figures into the metrics and publishes them,
@@ -59,17 +65,19 @@ impl Gateway {
         if let Some(upstream) = self.upstream_stats() {
             snapshot.spool_pending = upstream.spool.pending;
             snapshot.spool_disk_bytes = upstream.spool.disk_bytes;
+            snapshot.spool_enqueued = upstream.spool.enqueued;
             snapshot.spool_delivered = upstream.spool.delivered;
-            snapshot.spool_dropped = upstream.spool.dropped_full + upstream.spool.rejected;
+            snapshot.spool_dropped = upstream.spool.dropped_full;
+            snapshot.spool_rejected = upstream.spool.rejected;
             snapshot.upstream_qos0_dropped = upstream.qos0_dropped_offline;
         }
-        let metrics = &self.outputs.metrics;
+        let metrics = &self.metrics;
         metrics.update(snapshot, self.healthy());
-        let Ok(topic) = super::topic(&format!("{}/status", self.prefix)) else {
+        let Ok(topic) = super::topic(&format!("{}/status", self.links.prefix)) else {
             return;
         };
         let payload = metrics.status_json(&self.summary());
-        for client in self.outputs.handles() {
+        for client in self.links.outputs.handles() {
             let status = super::message(
                 topic.clone(),
                 payload.clone(),

@@ -70,26 +70,32 @@ async fn next_signal(signals: &mut Option<Signal>) {
 }
 
 /// SIGHUP: reads the file again; applies it if it is valid, else keeps what runs and says
-/// why (every problem, as `check-config` would).
-async fn reload(gateway: &mut Gateway, file: Option<&PathBuf>) {
+/// why (every problem, as `check-config` would). `Err` when the gateway could not go on
+/// (see [`Gateway::reload`]): the caller stops, so the service manager restarts it.
+async fn reload(gateway: &mut Gateway, file: Option<&PathBuf>) -> Result<(), String> {
     let Some(file) = file else {
         fieldgate::observe::warn(format_args!(
             "fieldgate run: reload: running the embedded configuration, nothing to re-read"
         ));
-        return;
+        return Ok(());
     };
     match config::load(file) {
         Err(e) => fieldgate::observe::warn(format_args!(
             "fieldgate run: reload refused, the running configuration stays: {}:\n{e}",
             file.display()
         )),
-        Ok(config) => match gateway.reload(config).await {
-            Ok(report) => {
-                fieldgate::observe::warn(format_args!("fieldgate run: reloaded: {report}"))
+        Ok(config) => {
+            let report = gateway
+                .reload(config)
+                .await
+                .map_err(|e| format!("reload: the gateway could not be started again: {e}"))?;
+            if let Some(log) = &report.log {
+                fieldgate::observe::set_filter(super::log_filter(log));
             }
-            Err(e) => fieldgate::observe::warn(format_args!("fieldgate run: reload failed: {e}")),
-        },
+            fieldgate::observe::warn(format_args!("fieldgate run: reloaded: {report}"));
+        }
     }
+    Ok(())
 }
 
 /// Pets systemd's watchdog every `interval` while the gateway is healthy, with a status
@@ -197,6 +203,7 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
     let mut hangups = signal(SignalKind::hangup()).ok();
     let mut stops = StopSignals::new();
     let mut refresh = tokio::time::interval(STATUS_INTERVAL);
+    let mut failure = None;
     loop {
         let woke = tokio::select! {
             () = stops.recv() => Woke::Stop,
@@ -209,7 +216,11 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
             Woke::Refresh => gateway.refresh().await,
             Woke::Reload => {
                 let _ = systemd.notify("RELOADING=1");
-                reload(&mut gateway, file.as_ref()).await;
+                if let Err(e) = reload(&mut gateway, file.as_ref()).await {
+                    fieldgate::observe::warn(format_args!("fieldgate run: {e}"));
+                    failure = Some(e);
+                    break;
+                }
                 let _ = systemd.ready(&gateway.summary());
             }
         }
@@ -225,9 +236,16 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
             "fieldgate run: shutdown took longer than {SHUTDOWN_LIMIT:?}; stopping anyway"
         ));
     }
-    Outcome {
-        code: EXIT_OK,
-        message: None,
+    match failure {
+        // Restart=on-failure starts it again, on the file as it is then.
+        Some(e) => Outcome {
+            code: EXIT_ERROR,
+            message: Some(e),
+        },
+        None => Outcome {
+            code: EXIT_OK,
+            message: None,
+        },
     }
 }
 

@@ -51,6 +51,11 @@ use fieldgate::mqtt::topic::TopicError;
 /// Installs the logger of a long-running command (`run`, `broker`): the configuration's
 /// `gateway.log_level`, with `RUST_LOG`'s directives over it.
 pub fn start_logging(configured: &fieldgate::observe::LogFilter) {
+    fieldgate::observe::init(log_filter(configured));
+}
+
+/// The configuration's `gateway.log_level` with `RUST_LOG`'s directives over it.
+pub fn log_filter(configured: &fieldgate::observe::LogFilter) -> fieldgate::observe::LogFilter {
     let mut filter = configured.clone();
     if let Ok(spec) = std::env::var("RUST_LOG")
         && let Err(e) = filter.apply(&spec)
@@ -59,7 +64,7 @@ pub fn start_logging(configured: &fieldgate::observe::LogFilter) {
         eprintln!("fieldgate: RUST_LOG ignored: {e}");
         filter = configured.clone();
     }
-    fieldgate::observe::init(filter);
+    filter
 }
 
 /// Success.

@@ -196,10 +196,24 @@ fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_
     });
     assert!(count("b") > 1, "device b stopped after a refused reload");
 
-    // Valid again: `a` removed, so its availability goes offline.
-    std::fs::write(&file, format!("{head}{}", device("b"))).unwrap();
+    // Valid again: `a` removed, so its availability goes offline; the log level is
+    // applied in place, and a broker change is named as waiting for a restart.
+    let changed = head
+        .replace("id: gw10\n", "id: gw10\n  log_level: warn\n")
+        .replace("listeners:\n", "sys_interval: 5s\n  listeners:\n");
+    std::fs::write(&file, format!("{changed}{}", device("b"))).unwrap();
     hup(running.0.id());
     crate::support::wait_until(Duration::from_secs(15), "a stopped", || said("stopped: a"));
+    assert!(
+        said("applied: gateway.log_level"),
+        "{:?}",
+        stderr.lock().unwrap()
+    );
+    assert!(
+        said("changed but applied only at the next start: broker"),
+        "{:?}",
+        stderr.lock().unwrap()
+    );
     let got = receive(&port, &["fieldgate/gw10/a/availability"], 1);
     assert_eq!(got, ["fieldgate/gw10/a/availability offline"]);
 }

@@ -124,6 +124,8 @@ impl Counter {
 /// gateway's broker acknowledged (for QoS 0: handed to the connection).
 struct Lan {
     sent: Arc<AtomicU64>,
+    /// Times the gateway's broker dropped the publisher's connection.
+    disconnects: Arc<AtomicU64>,
     acked: Arc<Mutex<BTreeSet<u64>>>,
     task: tokio::task::JoinHandle<()>,
     _handle: Handle,
@@ -142,7 +144,15 @@ impl Lan {
             }
         }
         // Read so that the client never waits on a full event channel.
-        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let disconnects = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::clone(&disconnects);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let ClientEvent::Disconnected(_) = event {
+                    dropped.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
         let sent = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(Mutex::new(BTreeSet::new()));
         let (h, s, a) = (handle.clone(), Arc::clone(&sent), Arc::clone(&acked));
@@ -176,6 +186,7 @@ impl Lan {
         });
         Lan {
             sent,
+            disconnects,
             acked,
             task,
             _handle: handle,
@@ -297,7 +308,7 @@ fn gateway_config(id: &str, local: u16, upstream: u16, spool: &str, qos: u8) -> 
     format!(
         "gateway:\n  id: {id}\nbroker:\n  listeners:\n    - bind: 127.0.0.1:{local}\n  \
          persistence: {{fsync: always}}\nupstream:\n  url: mqtt://127.0.0.1:{upstream}\n  \
-         spool:\n{spool}\nforward:\n  - from: local\n    filter: in/#\n    prefix: up/\n    \
+         spool:\n{spool}\nforward:\n  - from: local\n    to: upstream\n    filter: in/#\n    prefix: up/\n    \
          qos: {qos}\n  - from: local\n    filter: q0/#\n    prefix: up/\n    qos: 0\n\
          devices:\n  - id: probe\n    source: sim\n    poll: 1h\n    points: []\n"
     )
@@ -699,4 +710,100 @@ async fn a_full_spool_with_reject_new_refuses_the_newest_and_counts_each() {
     assert_eq!(t.duplicated, 0, "{t:?}");
     assert!(counter.numbers("up/q0/full-reject").is_empty());
     assert_eq!(count(&status, &["dropped", "qos0_offline"]), 50, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_the_upstream_keeps_the_backlog_and_the_lan_clients() {
+    if !require_peer("mosquitto") {
+        return;
+    }
+    let started = Instant::now();
+    let mut old = Mosquitto::start_with_config(MOSQUITTO_EXTRA);
+    let new = Mosquitto::start_with_config(MOSQUITTO_EXTRA);
+    let old_counter = Counter::start(old.port(), "up/#", "reload").await;
+    let new_counter = Counter::start(new.port(), "+/in/reload", "reload").await;
+    let dir = TempDir::new("spool-reload");
+    let local = free_port();
+    let spool = "    durability: disk\n    fsync: always";
+    let config = gateway_config("reload", local, old.port(), spool, 1);
+    let gateway = start_gateway(&dir, &config, local, "reload").await;
+    let status = Watch::status(local, "reload").await;
+    let total = 3000;
+    let mut lan = Lan::start(
+        local,
+        "in/reload",
+        QoS::AtLeastOnce,
+        total,
+        &id("reload", "lan"),
+    )
+    .await;
+    wait_until_async(SETTLE, "traffic before the outage", || {
+        let n = old_counter.numbers("up/in/reload").len();
+        async move { n >= 500 }
+    })
+    .await;
+    // The old upstream goes away and a backlog builds up in the spool ...
+    old.stop();
+    status
+        .wait_for("a backlog in the spool", |s| count(s, &["pending"]) >= 300)
+        .await;
+    // ... then the file names another upstream and another prefix for the rule.
+    let moved = gateway_config("reload", local, new.port(), spool, 1).replacen(
+        "prefix: up/\n    qos: 1",
+        "prefix: moved/\n    qos: 1",
+        1,
+    );
+    assert_ne!(moved, config);
+    std::fs::write(dir.path().join("fieldgate.yaml"), moved).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &gateway.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    lan.finish(total).await;
+    let acked = lan.acked();
+    // Every acknowledged number reached one of the upstreams under one of the names.
+    let arrived = |counter: &Counter, topic: &str| counter.numbers(topic);
+    let mut got = arrived(&old_counter, "up/in/reload");
+    wait_until_async(SETTLE, "every acknowledged message upstream", || {
+        let mut all: BTreeSet<u64> = got.iter().copied().collect();
+        all.extend(arrived(&new_counter, "up/in/reload"));
+        all.extend(arrived(&new_counter, "moved/in/reload"));
+        let done = all.is_superset(&acked);
+        async move { done }
+    })
+    .await;
+    let backlog = arrived(&new_counter, "up/in/reload");
+    let renamed = arrived(&new_counter, "moved/in/reload");
+    assert!(
+        !backlog.is_empty(),
+        "the spool's backlog (queued under the old rule) went to the new upstream"
+    );
+    assert!(
+        !renamed.is_empty(),
+        "the new rule's prefix applies after the reload"
+    );
+    // The backlog was queued before anything the new rule renamed: a renamed number at
+    // or below the backlog's last is a duplicate (in flight from the gateway's broker
+    // when the links restarted, so delivered to the new session again).
+    let before: BTreeSet<u64> = got.iter().chain(&backlog).copied().collect();
+    let first_new = renamed.iter().filter(|n| !before.contains(n)).min();
+    assert!(
+        backlog.iter().max() < first_new,
+        "backlog up to {:?}, but {first_new:?} renamed first",
+        backlog.iter().max()
+    );
+    got.extend(backlog);
+    got.extend(renamed);
+    let t = tally(total, &acked, &got);
+    report("reload to another upstream (QoS 1)", &t, started);
+    assert!(t.lost.is_empty(), "{t:?}");
+    assert_eq!(t.out_of_order, None, "{t:?}");
+    // QoS 1: what was in flight when the links restarted may come twice.
+    assert!(t.duplicated <= 256, "{t:?}");
+    assert_eq!(
+        lan.disconnects.load(Ordering::SeqCst),
+        0,
+        "the reload dropped a LAN client of the gateway's broker"
+    );
 }

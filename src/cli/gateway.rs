@@ -177,6 +177,11 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
         Err(outcome) => return outcome,
     };
     super::start_logging(&config.gateway.log);
+    // Handlers before anything else: systemd may send SIGHUP (`systemctl reload`) as
+    // soon as READY=1 is out, and without a handler SIGHUP's default action ends the
+    // process. A signal taken during the start waits for the loop below.
+    let mut hangups = signal(SignalKind::hangup()).ok();
+    let mut stops = StopSignals::new();
     let gateway = match Gateway::start(config).await {
         Ok(gateway) => gateway,
         Err(e) => {
@@ -198,10 +203,6 @@ pub async fn run(file: Option<PathBuf>) -> Outcome {
     if let Some(addr) = gateway.metrics_addr() {
         eprintln!("fieldgate run: metrics on http://{addr}/metrics");
     }
-    // Made once, before the loop: a signal that arrives while no listener exists (in a
-    // reload or a status refresh, had they been made inside the loop) would be lost.
-    let mut hangups = signal(SignalKind::hangup()).ok();
-    let mut stops = StopSignals::new();
     let mut refresh = tokio::time::interval(STATUS_INTERVAL);
     let mut failure = None;
     loop {

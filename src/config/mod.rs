@@ -328,6 +328,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, base)
 }
 
+/// Where the systemd credential `name` is: `$CREDENTIALS_DIRECTORY/name` while the
+/// service runs (systemd copied it there, readable by the service alone), else `name`
+/// in `base` (the configuration's directory: where `LoadCredential=` takes it from, so
+/// `check-config` run by root reads the same secret).
+fn credential(name: &str, base: &Path) -> PathBuf {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if Path::new(&dir).join(name).exists() => Path::new(&dir).join(name),
+        _ => base.join(name),
+    }
+}
+
 /// Checks configuration text; relative paths are taken against `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| syntax_error(&e))?;
@@ -422,6 +433,54 @@ impl Checker {
 
     fn path(&self, text: &Text) -> PathBuf {
         self.base.join(&text.value)
+    }
+
+    /// The upstream password: given, read from a file (its first line), or from a
+    /// systemd credential; at most one of the three.
+    fn upstream_password(&mut self, raw: &raw::RawUpstream) -> Option<String> {
+        let given = [
+            ("upstream.password", &raw.password),
+            ("upstream.password_file", &raw.password_file),
+            ("upstream.password_credential", &raw.password_credential),
+        ];
+        let mut set = given
+            .iter()
+            .filter_map(|(key, t)| Some((*key, (*t).as_ref()?)));
+        let (key, text) = set.next()?;
+        if let Some((second, t)) = set.next() {
+            self.problem(
+                second,
+                Some(t.referenced.line()),
+                format!("give only one of password, password_file and password_credential ({key} is set too)"),
+            );
+            return None;
+        }
+        let file = match key {
+            "upstream.password" => return Some(text.value.clone()),
+            "upstream.password_file" => self.path(text),
+            _ => {
+                if text.value.is_empty() || text.value.contains('/') || text.value == ".." {
+                    self.problem(
+                        key,
+                        Some(text.referenced.line()),
+                        format!("{:?} is not a credential name (a file name, as in LoadCredential=NAME:...)", text.value),
+                    );
+                    return None;
+                }
+                credential(&text.value, &self.base)
+            }
+        };
+        match std::fs::read_to_string(&file) {
+            Ok(content) => Some(content.lines().next().unwrap_or("").to_string()),
+            Err(e) => {
+                self.problem(
+                    key,
+                    Some(text.referenced.line()),
+                    format!("{}: {e}", file.display()),
+                );
+                None
+            }
+        }
     }
 
     /// One of a few words (`none | even | odd`); a problem naming them all otherwise.
@@ -763,30 +822,7 @@ impl Checker {
                 crate::mqtt::packet::ProtocolVersion::V5
             }
         };
-        let password = match (&raw.password, &raw.password_file) {
-            (Some(_), Some(f)) => {
-                self.problem(
-                    "upstream.password_file",
-                    Some(f.referenced.line()),
-                    "give password or password_file, not both",
-                );
-                None
-            }
-            (Some(p), None) => Some(p.value.clone()),
-            // A secret from a file (systemd LoadCredential=): its first line.
-            (None, Some(f)) => match std::fs::read_to_string(self.path(f)) {
-                Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
-                Err(e) => {
-                    self.problem(
-                        "upstream.password_file",
-                        Some(f.referenced.line()),
-                        format!("{}: {e}", self.path(f).display()),
-                    );
-                    None
-                }
-            },
-            (None, None) => None,
-        };
+        let password = self.upstream_password(raw);
         let keep_alive = self.duration(
             "upstream.keep_alive",
             &raw.keep_alive,
@@ -1520,6 +1556,41 @@ mod tests {
                 .starts_with("forward[0].to: \"upstream\": a rule from upstream forwards to local"),
             "{found:#?}"
         );
+    }
+
+    #[test]
+    fn the_upstream_password_comes_from_one_place_and_a_credential_from_beside_the_file() {
+        let dir = std::env::temp_dir().join(format!("fieldgate-credential-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("upstream-password"), "s3cret\nignored\n").unwrap();
+        let base =
+            "broker:\n  listeners:\n    - bind: 127.0.0.1:1883\nupstream:\n  url: mqtt://cloud\n";
+        // Outside systemd (no $CREDENTIALS_DIRECTORY in tests), beside the file.
+        let config = parse(
+            &format!("{base}  password_credential: upstream-password\n"),
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(config.upstream.unwrap().password.as_deref(), Some("s3cret"));
+        let found = parse(
+            &format!("{base}  password: x\n  password_credential: upstream-password\n"),
+            &dir,
+        )
+        .unwrap_err()
+        .problems();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("upstream.password_credential: give only one"),
+            "{found:?}"
+        );
+        let found = problems(&format!("{base}  password_credential: ../etc/shadow\n"));
+        assert!(found[0].contains("is not a credential name"), "{found:?}");
+        let found = problems(&format!("{base}  password_credential: missing\n"));
+        assert!(
+            found[0].starts_with("upstream.password_credential: /nonexistent/missing"),
+            "{found:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct RawUpstream {
     pub username: Option<Text>,
     pub password: Option<Text>,
     pub password_file: Option<Text>,
+    /// A systemd credential's name (`LoadCredential=NAME:...`): read from
+    /// `$CREDENTIALS_DIRECTORY/NAME` under the service, else from `NAME` beside the file.
+    pub password_credential: Option<Text>,
     pub keep_alive: Option<Text>,
     pub tls: Option<RawUpstreamTls>,
     /// The offline queue (`<state_dir>/spool`).

@@ -207,6 +207,47 @@ fn the_gateway_publishes_telemetry_and_availability_and_executes_set_commands() 
     assert_eq!(json(&state[0])["value"], true, "{state:?}");
 }
 
+/// The service reads `password_credential` where systemd put it; `check-config` run by
+/// hand (no `$CREDENTIALS_DIRECTORY`) reads the same name beside the file.
+#[test]
+fn a_password_credential_is_read_from_the_credentials_directory_or_beside_the_file() {
+    let dir = TempDir::new("credential");
+    let (etc, run) = (dir.path().join("etc"), dir.path().join("credentials"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let file = etc.join("fieldgate.yaml");
+    std::fs::write(
+        &file,
+        "broker:\n  listeners:\n    - bind: 127.0.0.1:0\nupstream:\n  url: mqtt://127.0.0.1:1\n  password_credential: upstream-password\n",
+    )
+    .unwrap();
+    let check = |credentials: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fieldgate"));
+        command.arg("check-config").arg(&file);
+        command.env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(dir) = credentials {
+            command.env("CREDENTIALS_DIRECTORY", dir);
+        }
+        command.output().expect("runs")
+    };
+    // Nowhere yet: the problem names the file it looked for.
+    let out = check(Some(&run));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let beside = etc.join("upstream-password");
+    assert!(
+        err.contains(&format!("upstream.password_credential: {}", beside.display())),
+        "{err}"
+    );
+    // Where systemd puts it (the service's view) ...
+    std::fs::write(run.join("upstream-password"), "s3cret\n").unwrap();
+    assert!(check(Some(&run)).status.success());
+    // ... and, by hand, beside the file (where LoadCredential= takes it from).
+    assert_eq!(check(None).status.code(), Some(1));
+    std::fs::write(&beside, "s3cret\n").unwrap();
+    assert!(check(None).status.success());
+}
+
 #[test]
 fn check_config_lists_every_mistake_with_its_line_and_accepts_the_examples() {
     let dir = TempDir::new("check-config");

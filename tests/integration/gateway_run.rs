@@ -236,7 +236,10 @@ fn a_password_credential_is_read_from_the_credentials_directory_or_beside_the_fi
     let err = String::from_utf8_lossy(&out.stderr);
     let beside = etc.join("upstream-password");
     assert!(
-        err.contains(&format!("upstream.password_credential: {}", beside.display())),
+        err.contains(&format!(
+            "upstream.password_credential: {}",
+            beside.display()
+        )),
         "{err}"
     );
     // Where systemd puts it (the service's view) ...

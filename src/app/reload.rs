@@ -4,7 +4,8 @@
 //! - `devices` and `buses`: a changed device or bus is restarted, a new one started, a
 //!   removed one stopped (its availability `offline`); the rest keep running.
 //! - `gateway.id`, `gateway.topic_prefix`, `upstream` (including the contents of its
-//!   `password_file`), `forward` and `homeassistant`: the links (the gateway's clients,
+//!   password file), `forward`, `homeassistant`, and with Home Assistant discovery on,
+//!   `devices` (discovery is announced by the links): the links (the gateway's clients,
 //!   the upstream path and the devices, see `links`) are stopped and started again on
 //!   the new settings. The spool is closed and opened again with its backlog; the local
 //!   broker and its LAN clients, the Modbus buses and the counters keep running. If the
@@ -102,6 +103,11 @@ fn links_changes(old: &Config, new: &Config) -> Vec<String> {
         if section(name) {
             changed.push(name.to_string());
         }
+    }
+    // Discovery announces the devices the links started with: a device added or
+    // changed under Home Assistant needs them restarted to be announced.
+    if new.discovery_prefix.is_some() && old.devices != new.devices {
+        changed.push("devices (Home Assistant discovery)".to_string());
     }
     changed
 }

@@ -431,7 +431,7 @@ fn home_assistant_discovery_is_retained_and_republished_when_home_assistant_come
         "devices:",
         "homeassistant:\n  discovery_prefix: ha\ndevices:",
     );
-    let (_gateway, port) = start_with(&dir, &config);
+    let (gateway, port) = start_with(&dir, &config);
     let topics = [
         "ha/sensor/gw3_demo_temperature/config",
         "ha/number/gw3_demo_level/config",
@@ -464,6 +464,21 @@ fn home_assistant_discovery_is_retained_and_republished_when_home_assistant_come
     assert!(
         again.starts_with("ha/switch/gw3_demo_switch/config {"),
         "{again}"
+    );
+    // A device added by a reload is announced too.
+    let added = config.replace(
+        "devices:\n",
+        "devices:\n  - id: extra\n    source: sim\n    poll: 1s\n    points:\n      - id: count\n        sim: counter\n",
+    );
+    assert_ne!(added, config);
+    std::fs::write(dir.path().join("fieldgate.yaml"), added).unwrap();
+    let announced = first_while(&port, "ha/sensor/gw3_extra_count/config", || {
+        let out = run_program("kill", &["-HUP", &gateway.0.id().to_string()]);
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert!(
+        json(&announced)["state_topic"] == "fieldgate/gw3/extra/count",
+        "{announced}"
     );
 }
 

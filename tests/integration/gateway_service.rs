@@ -124,6 +124,20 @@ fn collect_stderr(
     lines
 }
 
+/// Waits for the `broker listening on ADDR` line; its port.
+fn broker_port(stderr: &std::sync::Mutex<Vec<String>>) -> String {
+    let port = || {
+        stderr.lock().unwrap().iter().find_map(|l| {
+            let addr = l.split("broker listening on ").nth(1)?;
+            Some(addr.rsplit(':').next()?.trim().to_string())
+        })
+    };
+    crate::support::wait_until(Duration::from_secs(15), "the broker's port", || {
+        port().is_some()
+    });
+    port().expect("seen above")
+}
+
 fn device(id: &str) -> String {
     format!(
         "  - id: {id}\n    source: sim\n    poll: 100ms\n    points:\n      - id: count\n        sim: counter\n"
@@ -141,23 +155,7 @@ fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_
     std::fs::write(&file, format!("{head}{}", device("a"))).unwrap();
     let (running, stderr) = run_collecting_stderr(&file);
     let said = |what: &str| stderr.lock().unwrap().iter().any(|l| l.contains(what));
-    crate::support::wait_until(Duration::from_secs(15), "the broker's port", || {
-        said("broker listening on")
-    });
-    let port = stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            Some(
-                l.split("broker listening on ")
-                    .nth(1)?
-                    .rsplit(':')
-                    .next()?
-                    .to_string(),
-            )
-        })
-        .unwrap();
+    let port = broker_port(&stderr);
     let count = |device: &str| -> i64 {
         let got = receive(&port, &[&format!("fieldgate/gw10/{device}/count")], 1);
         crate::gateway_run::json(&got[0])["value"].as_i64().unwrap()
@@ -216,6 +214,55 @@ fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_
     );
     let got = receive(&port, &["fieldgate/gw10/a/availability"], 1);
     assert_eq!(got, ["fieldgate/gw10/a/availability offline"]);
+}
+
+#[test]
+fn a_reload_whose_upstream_cannot_start_keeps_the_previous_settings_running() {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-reload-fallback");
+    let file = dir.path().join("fieldgate.yaml");
+    let head = "gateway:\n  id: gw12\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\n";
+    std::fs::write(&file, format!("{head}devices:\n{}", device("a"))).unwrap();
+    let (running, stderr) = run_collecting_stderr(&file);
+    let said = |what: &str| stderr.lock().unwrap().iter().any(|l| l.contains(what));
+    let port = broker_port(&stderr);
+    // A CA file that passes the checks (it exists) but holds no certificate: the
+    // upstream client cannot be set up, which only starting it finds out.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "{head}upstream:\n  url: mqtts://127.0.0.1:1\n  tls:\n    ca_file: {}\ndevices:\n{}",
+            ca.display(),
+            device("a")
+        ),
+    )
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    crate::support::wait_until(Duration::from_secs(15), "the reload report", || {
+        said("NOT applied: upstream:") && said("running on the previous settings")
+    });
+    // Still publishing on the previous settings, on the same broker.
+    let count = || -> i64 {
+        let got = receive(&port, &["fieldgate/gw12/a/count"], 1);
+        crate::gateway_run::json(&got[0])["value"].as_i64().unwrap()
+    };
+    let first = count();
+    crate::support::wait_until(Duration::from_secs(15), "device a counting on", || {
+        count() > first
+    });
+    let mut child = running;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "fieldgate run exited"
+    );
 }
 
 /// One HTTP GET with a plain socket; the whole reply.

@@ -843,6 +843,24 @@ impl Checker {
         if tls.is_none() && raw.tls.is_some() {
             self.problem("upstream.tls", line, "TLS settings need an mqtts:// url");
         }
+        // The files as the client will load them: a CA file without a certificate, or a
+        // key that does not parse, is found here rather than at the first connection.
+        // (Only when files are named: the system's roots are the machine's business, and
+        // a machine without them is told so when the client connects.)
+        if let Some(options) = &tls
+            && (options.ca_file.is_some() || options.client_cert.is_some())
+            && let Err(e) = crate::mqtt::client::check_tls(options)
+        {
+            let url_line = line;
+            let line = raw.tls.as_ref().and_then(|t| {
+                [&t.ca_file, &t.cert_file, &t.key_file]
+                    .into_iter()
+                    .flatten()
+                    .map(|f| f.referenced.line())
+                    .next()
+            });
+            self.problem("upstream.tls", line.or(url_line), e.to_string());
+        }
         Upstream {
             host,
             port,
@@ -1591,6 +1609,24 @@ mod tests {
             "{found:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_upstream_ca_file_without_a_certificate_is_a_problem_of_the_tls_section() {
+        let dir = std::env::temp_dir().join(format!("fieldgate-bad-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), "not a certificate\n").unwrap();
+        let found = parse(
+            "upstream:\n  url: mqtts://cloud\n  tls:\n    ca_file: ca.pem\n",
+            &dir,
+        )
+        .unwrap_err()
+        .problems();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("upstream.tls: "), "{found:?}");
+        assert!(found[0].contains("no certificate in it"), "{found:?}");
+        assert!(found[0].ends_with("(line 4)"), "{found:?}");
     }
 
     #[test]

@@ -854,6 +854,12 @@ fn log_bug(message: &str) {
     eprintln!("fieldgate: internal error: {message}");
 }
 
+/// Loads the TLS files as a connection would (CA, client certificate and key): for
+/// checking a configuration before anything connects.
+pub fn check_tls(tls: &TlsOptions) -> Result<(), ClientError> {
+    tls_connector(tls).map(|_| ())
+}
+
 fn tls_connector(tls: &TlsOptions) -> Result<(tokio_rustls::TlsConnector, bool), ClientError> {
     let err = |what: &str, e: &dyn std::fmt::Display| ClientError::Tls(format!("{what}: {e}"));
     let mut roots = rustls::RootCertStore::empty();
@@ -865,6 +871,12 @@ fn tls_connector(tls: &TlsOptions) -> Result<(tokio_rustls::TlsConnector, bool),
             roots
                 .add(cert)
                 .map_err(|e| err(&ca.display().to_string(), &e))?;
+        }
+        if roots.is_empty() {
+            return Err(err(
+                &ca.display().to_string(),
+                &"no certificate in it (PEM `BEGIN CERTIFICATE` blocks expected)",
+            ));
         }
     }
     if tls.system_roots || tls.ca_file.is_none() {

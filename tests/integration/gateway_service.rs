@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::gateway_run::receive;
-use crate::support::{KillOnDrop, Mosquitto, TempDir, require_peer};
+use crate::support::{KillOnDrop, Mosquitto, TempDir, require_peer, require_peers};
 
 /// The next notification, within `within`.
 fn next(socket: &UnixDatagram, within: Duration) -> String {
@@ -216,27 +216,46 @@ fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_
     assert_eq!(got, ["fieldgate/gw10/a/availability offline"]);
 }
 
+/// The spool's directory held by another process (its lock taken with flock(1), as a
+/// second gateway on the same state directory would): a reload that adds an upstream
+/// cannot open the spool, says so, and the previous settings keep publishing.
 #[test]
 fn a_reload_whose_upstream_cannot_start_keeps_the_previous_settings_running() {
-    if !require_peer("mosquitto_sub") {
+    if !require_peers(&["mosquitto_sub", "flock"]) {
         return;
     }
     let dir = TempDir::new("gateway-reload-fallback");
     let file = dir.path().join("fieldgate.yaml");
-    let head = "gateway:\n  id: gw12\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\n";
+    let state = dir.path().join("state");
+    let head = format!(
+        "gateway:\n  id: gw12\n  state_dir: {}\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\n",
+        state.display()
+    );
     std::fs::write(&file, format!("{head}devices:\n{}", device("a"))).unwrap();
     let (running, stderr) = run_collecting_stderr(&file);
     let said = |what: &str| stderr.lock().unwrap().iter().any(|l| l.contains(what));
     let port = broker_port(&stderr);
-    // A CA file that passes the checks (it exists) but holds no certificate: the
-    // upstream client cannot be set up, which only starting it finds out.
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, "not a certificate\n").unwrap();
+    std::fs::create_dir_all(state.join("spool")).unwrap();
+    let mut holder = KillOnDrop(
+        Command::new("flock")
+            .arg("-n")
+            .arg(state.join("spool/lock"))
+            .args(["-c", "echo locked; exec sleep 600"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("flock starts"),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
     std::fs::write(
         &file,
         format!(
-            "{head}upstream:\n  url: mqtts://127.0.0.1:1\n  tls:\n    ca_file: {}\ndevices:\n{}",
-            ca.display(),
+            "{head}upstream:\n  url: mqtt://127.0.0.1:1\ndevices:\n{}",
             device("a")
         ),
     )
@@ -247,7 +266,7 @@ fn a_reload_whose_upstream_cannot_start_keeps_the_previous_settings_running() {
         .unwrap();
     assert!(status.success());
     crate::support::wait_until(Duration::from_secs(15), "the reload report", || {
-        said("NOT applied: upstream:") && said("running on the previous settings")
+        said("NOT applied: upstream:") && said("in use by another process")
     });
     // Still publishing on the previous settings, on the same broker.
     let count = || -> i64 {
@@ -258,9 +277,9 @@ fn a_reload_whose_upstream_cannot_start_keeps_the_previous_settings_running() {
     crate::support::wait_until(Duration::from_secs(15), "device a counting on", || {
         count() > first
     });
-    let mut child = running;
+    let mut running = running;
     assert!(
-        child.0.try_wait().unwrap().is_none(),
+        running.0.try_wait().unwrap().is_none(),
         "fieldgate run exited"
     );
 }

@@ -74,9 +74,11 @@ free_port() {
 }
 
 # systemd's side of sd_notify: a datagram socket at $1 whose messages are appended to
-# $2, one KEY=value per line, until killed (or after 120 s).
+# $2, one KEY=value per line, until killed (or after 120 s). Run in the background, it
+# is the python process itself (exec), so that `kill $!` stops it rather than only the
+# subshell around it.
 notify_listener() {
-    python3 -c '
+    exec python3 -c '
 import socket, sys
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.bind(sys.argv[1])

@@ -11,6 +11,8 @@
 //!   broker and its LAN clients, the Modbus buses and the counters keep running. If the
 //!   new links do not start (the upstream's TLS files unreadable, say), the previous
 //!   settings are started again and the failure is reported.
+//! - Home Assistant: what was announced and is not any more (a device or point removed)
+//!   gets an empty retained discovery message, so Home Assistant forgets it.
 //! - `gateway.log_level`: handed back in the report for the caller to install.
 //! - `metrics`: the listener moves to the new address (or stops, or starts).
 //! - `broker` and `gateway.state_dir`: reported and left as they were until the next
@@ -28,6 +30,7 @@ use super::links::Links;
 use super::{AppError, Gateway, availability, bus_handles, serve_metrics, spawn_device};
 use crate::config::{Config, Source};
 use crate::modbus::bus;
+use crate::mqtt::packet::QoS;
 
 /// What a reload did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -43,6 +46,8 @@ pub struct Reload {
     pub failed: Vec<String>,
     /// Changed parts that were not applied.
     pub needs_restart: Vec<String>,
+    /// Things the operator should know that are neither failures nor pending changes.
+    pub notes: Vec<String>,
     /// The new log filter, when `gateway.log_level` changed: the caller installs it
     /// (with its `RUST_LOG` over it), since the logger is the process's, not ours.
     pub log: Option<crate::observe::LogFilter>,
@@ -76,6 +81,9 @@ impl fmt::Display for Reload {
                 "; changed but applied only at the next start: {}",
                 self.needs_restart.join(", ")
             )?;
+        }
+        for note in &self.notes {
+            write!(f, "; {note}")?;
         }
         Ok(())
     }
@@ -167,8 +175,33 @@ impl Gateway {
         } else {
             self.relink(&old, &mut running, relink, &mut report).await?;
         }
+        self.forget_discovery(&old, &running).await;
         self.config = running;
         Ok(report)
+    }
+
+    /// Home Assistant forgets an entity whose discovery topic gets an empty retained
+    /// message: sent for every point announced before and not any more (a device or
+    /// point removed, a new discovery prefix or gateway id), through the clients that
+    /// run now.
+    async fn forget_discovery(&self, old: &Config, running: &Config) {
+        let stale: Vec<String> = {
+            let now = discovery_topics(running);
+            discovery_topics(old)
+                .into_iter()
+                .filter(|t| !now.contains(t))
+                .collect()
+        };
+        for name in stale {
+            let Ok(topic) = super::topic(&name) else {
+                continue;
+            };
+            for client in self.links.outputs.handles() {
+                let empty =
+                    super::message(topic.clone(), bytes::Bytes::new(), QoS::AtLeastOnce, true);
+                let _ = client.enqueue(empty).await;
+            }
+        }
     }
 
     /// Moves, starts or stops the metrics listener; on failure the old one stays.
@@ -295,6 +328,7 @@ impl Gateway {
         changed: Vec<String>,
         report: &mut Reload,
     ) -> Result<(), AppError> {
+        let waiting = self.upstream_stats().map_or(0, |s| s.spool.pending);
         self.links.stop(false).await;
         let handles = bus_handles(&self.buses);
         match Links::start(running, self.broker_addr, &self.metrics, &handles).await {
@@ -321,6 +355,11 @@ impl Gateway {
                 report.started.push(device.id.clone());
             }
         }
+        if running.upstream.is_none() && waiting > 0 {
+            report.notes.push(format!(
+                "no upstream any more: {waiting} messages stay in the spool until one is configured again"
+            ));
+        }
         report.stopped = gone(old, running);
         // Under the prefix that runs now: a new prefix leaves the old topics' retained
         // availability as it was (the old prefix is not ours any more).
@@ -334,6 +373,26 @@ impl Gateway {
             availability(&self.links.outputs, &base, "offline").await;
         }
     }
+}
+
+/// Every topic Home Assistant discovery announces under `config`.
+fn discovery_topics(config: &Config) -> std::collections::BTreeSet<String> {
+    let Some(discovery_prefix) = &config.discovery_prefix else {
+        return std::collections::BTreeSet::new();
+    };
+    config
+        .devices
+        .iter()
+        .flat_map(|d| {
+            crate::bridge::discovery::messages(
+                discovery_prefix,
+                &config.gateway.id,
+                &config.gateway.topic_prefix,
+                d,
+            )
+        })
+        .map(|m| m.topic)
+        .collect()
 }
 
 /// The ids of `old`'s devices that `new` does not have.

@@ -480,6 +480,53 @@ fn home_assistant_discovery_is_retained_and_republished_when_home_assistant_come
         json(&announced)["state_topic"] == "fieldgate/gw3/extra/count",
         "{announced}"
     );
+    // Removed again: its retained config is cleared (an empty retained message), which
+    // makes Home Assistant forget the entity. A live subscriber (`-R`: not the stale
+    // retained copy) sees the empty message; a ping proves it subscribed first.
+    let mut sub = crate::support::KillOnDrop(
+        Command::new("mosquitto_sub")
+            .args(["-p", &port, "-v", "-R", "-W", "30"])
+            .args([
+                "-t",
+                "ha/sensor/gw3_extra_count/config",
+                "-t",
+                "fg-test/ping",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub starts"),
+    );
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = std::sync::Arc::clone(&lines);
+    let stdout = sub.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let has = |prefix: &str| lines.lock().unwrap().iter().any(|l| l.starts_with(prefix));
+    crate::support::wait_until(Duration::from_secs(15), "the subscriber", || {
+        run_program(
+            "mosquitto_pub",
+            &["-p", &port, "-t", "fg-test/ping", "-m", "x"],
+        );
+        has("fg-test/ping")
+    });
+    std::fs::write(dir.path().join("fieldgate.yaml"), &config).unwrap();
+    let out = run_program("kill", &["-HUP", &gateway.0.id().to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    crate::support::wait_until(Duration::from_secs(15), "the config cleared", || {
+        has("ha/sensor/gw3_extra_count/config")
+    });
+    // mosquitto_sub -v prints an empty payload as `(null)`.
+    let cleared = lines.lock().unwrap().clone();
+    assert!(
+        cleared
+            .iter()
+            .any(|l| l == "ha/sensor/gw3_extra_count/config (null)"),
+        "not an empty message: {cleared:?}"
+    );
 }
 
 /// A pty pair made by socat: the gateway opens `dev`, the test plays the sensor on

@@ -483,7 +483,7 @@ fn home_assistant_discovery_is_retained_and_republished_when_home_assistant_come
     // Removed again: its retained config is cleared (an empty retained message), which
     // makes Home Assistant forget the entity. A live subscriber (`-R`: not the stale
     // retained copy) sees the empty message; a ping proves it subscribed first.
-    let mut sub = crate::support::KillOnDrop(
+    let mut sub = KillOnDrop(
         Command::new("mosquitto_sub")
             .args(["-p", &port, "-v", "-R", "-W", "30"])
             .args([

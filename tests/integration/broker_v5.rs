@@ -796,6 +796,37 @@ fn a_refused_subscription_hears_0x80_as_the_paho_suite_expects_and_a_refused_pub
     );
 }
 
+#[test]
+fn the_internal_client_gets_past_the_acl_and_anonymity_but_only_with_its_secret() {
+    let login = fieldgate::mqtt::broker::auth::InternalClient::generate().unwrap();
+    let broker = TestBroker::start_with(BrokerConfig {
+        allow_anonymous: false,
+        internal_client: Some(login.clone()),
+        ..no_subscribe_config()
+    });
+    let as_internal = |password: &[u8]| {
+        let mut connect = v5("internal");
+        connect.username = Some(string(login.username()));
+        connect.password = Some(Bytes::copy_from_slice(password));
+        connect
+    };
+    // Someone who knows the name but not the secret is refused.
+    let (_, connack) = Raw::connect(broker.port(), as_internal(b"guess"));
+    assert_eq!(connack.reason_code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    let (_, connack) = Raw::connect(broker.port(), v5("anonymous"));
+    assert_eq!(connack.reason_code, ReasonCode::NOT_AUTHORIZED);
+    // The gateway itself: in, and the ACL does not apply to it.
+    let mut raw = Raw::connected(broker.port(), as_internal(login.password()));
+    assert_eq!(
+        raw.subscribe(1, &[("test/nosubscribe", QoS::AtLeastOnce)]),
+        [ReasonCode::GRANTED_QOS_1]
+    );
+    assert_eq!(
+        raw.publish(publish("test/nopublish", 1, 2, "x")),
+        ReasonCode::NO_MATCHING_SUBSCRIBERS
+    );
+}
+
 // ---- paho-mqtt v5 ---------------------------------------------------------------------
 
 #[test]

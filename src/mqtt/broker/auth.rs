@@ -1013,6 +1013,28 @@ fn covers(rule: &str, sub: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_internal_client_is_taken_only_with_its_exact_secret() {
+        let login = InternalClient::generate().unwrap();
+        let other = InternalClient::generate().unwrap();
+        assert_ne!(
+            login.username(),
+            other.username(),
+            "a random part in each name"
+        );
+        assert!(login.username().starts_with("fieldgate-internal-"));
+        assert!(login.accepts(Some(login.password())));
+        assert!(!login.accepts(Some(other.password())));
+        assert!(!login.accepts(None));
+        assert!(
+            !login.accepts(Some(&login.password()[1..])),
+            "a prefix is not the secret"
+        );
+        assert!(login.is(Some(login.username())));
+        assert!(!login.is(None));
+        assert!(!format!("{login:?}").contains(std::str::from_utf8(login.password()).unwrap()));
+    }
+
     const FAST: NonZeroU32 = match NonZeroU32::new(10) {
         Some(n) => n,
         None => panic!(),
@@ -1305,5 +1327,66 @@ mod tests {
         assert!(acl.can_receive(Some("#"), "ok", &name("private/other/x")));
         // Client id "+" cannot be substituted: the deny pattern covers all of private/.
         assert!(!acl.can_receive(Some("#"), "+", &name("private/other/x")));
+    }
+}
+
+/// The credentials of a client inside the broker's own process (the gateway's client):
+/// it connects whatever the password file says and may do anything, being the gateway
+/// itself. Made at random at each start and never written anywhere; the broker trusts a
+/// user name only from a connection that proved the secret.
+#[derive(Clone)]
+pub struct InternalClient {
+    username: String,
+    secret: String,
+}
+
+impl fmt::Debug for InternalClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InternalClient")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InternalClient {
+    /// New random credentials. The user name has a random part too, so that it never
+    /// meets a user of the password file or a rule of the ACL file.
+    pub fn generate() -> Result<InternalClient, AuthError> {
+        let mut bytes = [0u8; 4 + 32];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| AuthError::Random)?;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        Ok(InternalClient {
+            username: format!("fieldgate-internal-{}", hex(&bytes[..4])),
+            secret: hex(&bytes[4..]),
+        })
+    }
+
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    pub fn password(&self) -> &[u8] {
+        self.secret.as_bytes()
+    }
+
+    /// Whether `username` is this client's (the broker checked the secret at CONNECT).
+    pub fn is(&self, username: Option<&str>) -> bool {
+        username == Some(self.username.as_str())
+    }
+
+    /// Whether `password` is the secret, compared in constant time.
+    pub fn accepts(&self, password: Option<&[u8]>) -> bool {
+        let Some(password) = password else {
+            return false;
+        };
+        let secret = self.secret.as_bytes();
+        password.len() == secret.len()
+            && password
+                .iter()
+                .zip(secret)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
     }
 }

@@ -566,12 +566,11 @@ impl<S: ReadInto> Connection<S> {
     async fn publish(&mut self, publish: Publish, now: StdInstant) {
         let core = Arc::clone(&self.core);
         let core = &core;
+        let access = core.access();
         let packet_id = publish.packet_id;
         let reason = if too_many_levels(core, publish.topic.as_str()) {
             ReasonCode::TOPIC_NAME_INVALID
-        } else if !core.config.authorizer.as_ref().is_none_or(|a| {
-            a.may_publish(self.username.as_deref(), self.client_id(), &publish.topic)
-        }) {
+        } else if !access.may_publish(self.username.as_deref(), self.client_id(), &publish.topic) {
             ReasonCode::NOT_AUTHORIZED
         } else {
             let publisher = Some(Arc::clone(&self.held.client_id));
@@ -581,7 +580,7 @@ impl<S: ReadInto> Connection<S> {
             if message.retain {
                 core.router.retain(&message);
             }
-            let routed = core.router.publish(&message, core.read_check());
+            let routed = core.router.publish(&message, access.read_check());
             // What a persistent session will get (or a retained message) is written to
             // the journal before the publisher hears PUBACK, so a crash of the process
             // cannot lose it; `fsync: always` also syncs it (power loss).
@@ -632,6 +631,7 @@ impl<S: ReadInto> Connection<S> {
 
     fn subscribe(&mut self, subscribe: Subscribe, now: StdInstant) {
         let core = Arc::clone(&self.core);
+        let access = core.access();
         let v5 = self.held.session.protocol() == ProtocolVersion::V5;
         let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
@@ -643,9 +643,7 @@ impl<S: ReadInto> Connection<S> {
                 codes.push(failure(v5, ReasonCode::TOPIC_FILTER_INVALID));
                 continue;
             }
-            let allowed = core.config.authorizer.as_ref().is_none_or(|a| {
-                a.may_subscribe(self.username.as_deref(), self.client_id(), &filter)
-            });
+            let allowed = access.may_subscribe(self.username.as_deref(), self.client_id(), &filter);
             if !allowed {
                 // 0x80 rather than 0x87: both are allowed, and clients and the Eclipse
                 // Paho interoperability suite (`test_subscribe_failure`) expect 0x80 for a
@@ -681,7 +679,7 @@ impl<S: ReadInto> Connection<S> {
                 };
             if send_retained {
                 for message in core.router.retained_matching(&filter, now) {
-                    if core.read_check().may_receive(
+                    if access.read_check().may_receive(
                         self.username.as_deref(),
                         self.client_id(),
                         &message.topic,
@@ -827,15 +825,27 @@ async fn read_connect<S: ReadInto>(
 async fn authenticate(core: &Core, connect: &Connect) -> Result<(), ReasonCode> {
     // Without a password file nobody can prove who they are: a user name alone is no
     // better than none (Mosquitto 2 behaves the same).
-    let Some(authenticator) = core.config.authenticator.clone() else {
-        return if core.config.allow_anonymous {
+    let access = core.access();
+    // The gateway's own client, whatever the files say; its user name is taken only
+    // with its secret, so no one else can claim it.
+    if let Some(internal) = &access.internal_client
+        && connect.username.as_ref().map(|u| u.as_str()) == Some(internal.username())
+    {
+        return if internal.accepts(connect.password.as_deref()) {
+            Ok(())
+        } else {
+            Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+        };
+    }
+    let Some(authenticator) = access.authenticator.clone() else {
+        return if access.allow_anonymous {
             Ok(())
         } else {
             Err(ReasonCode::NOT_AUTHORIZED)
         };
     };
     if connect.username.is_none() && connect.password.is_none() {
-        return if core.config.allow_anonymous {
+        return if access.allow_anonymous {
             Ok(())
         } else {
             Err(ReasonCode::NOT_AUTHORIZED)
@@ -940,12 +950,7 @@ fn schedule_will(core: &Arc<Core>, pending: PendingWill, expiry: Option<Duration
 }
 
 fn publish_will(core: &Core, will: Will, username: Option<&str>, client_id: Arc<str>) {
-    if !core
-        .config
-        .authorizer
-        .as_ref()
-        .is_none_or(|a| a.may_publish(username, &client_id, &will.topic))
-    {
+    if !core.access().may_publish(username, &client_id, &will.topic) {
         return;
     }
     let properties = PublishProperties {
@@ -974,7 +979,8 @@ fn publish_will(core: &Core, will: Will, username: Option<&str>, client_id: Arc<
     if message.retain {
         core.router.retain(&message);
     }
-    core.router.publish_or_drop(&message, core.read_check());
+    core.router
+        .publish_or_drop(&message, core.access().read_check());
 }
 
 pub(super) fn schedule_expiry(
@@ -1027,7 +1033,8 @@ pub(super) async fn publish_sys(core: Arc<Core>, interval: Duration) {
                 journal_seq: None,
             });
             core.router.retain(&message);
-            core.router.publish_or_drop(&message, core.read_check());
+            core.router
+                .publish_or_drop(&message, core.access().read_check());
         }
     }
 }

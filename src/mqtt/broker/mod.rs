@@ -125,6 +125,9 @@ pub struct BrokerConfig {
     pub sys_interval: Option<Duration>,
     /// Where retained messages and persistent sessions are kept; `None`: in memory only.
     pub persistence: Option<persist::PersistConfig>,
+    /// A client in this process that may always connect and do anything (the gateway's
+    /// own; not from the configuration file).
+    pub internal_client: Option<auth::InternalClient>,
 }
 
 impl Default for BrokerConfig {
@@ -141,6 +144,7 @@ impl Default for BrokerConfig {
             max_topic_levels: 32,
             sys_interval: Some(Duration::from_secs(10)),
             persistence: None,
+            internal_client: None,
         }
     }
 }
@@ -164,10 +168,75 @@ pub enum BrokerError {
     },
 }
 
+/// Who may connect and what they may do. Replaceable while the broker runs (a reload
+/// re-reads the password and ACL files), so connections look it up for each check
+/// instead of keeping it: a client already connected stays connected, and the new rules
+/// apply to what it does next.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub allow_anonymous: bool,
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Fixed for the broker's life ([`Broker::set_access`] keeps it).
+    internal_client: Option<auth::InternalClient>,
+}
+
+impl Access {
+    fn read_check(&self) -> &dyn ReadCheck {
+        self
+    }
+
+    fn is_internal(&self, username: Option<&str>) -> bool {
+        self.internal_client
+            .as_ref()
+            .is_some_and(|c| c.is(username))
+    }
+
+    fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &TopicName) -> bool {
+        self.is_internal(username)
+            || self
+                .authorizer
+                .as_ref()
+                .is_none_or(|a| a.may_publish(username, client_id, topic))
+    }
+
+    fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &TopicFilter) -> bool {
+        self.is_internal(username)
+            || self
+                .authorizer
+                .as_ref()
+                .is_none_or(|a| a.may_subscribe(username, client_id, filter))
+    }
+}
+
+impl ReadCheck for Access {
+    fn may_receive(&self, username: Option<&str>, client_id: &str, topic: &TopicName) -> bool {
+        self.is_internal(username)
+            || self
+                .authorizer
+                .as_ref()
+                .is_none_or(|a| a.may_receive(username, client_id, topic))
+    }
+}
+
+impl BrokerConfig {
+    /// The access rules this configuration starts with.
+    pub fn access(&self) -> Access {
+        Access {
+            allow_anonymous: self.allow_anonymous,
+            authenticator: self.authenticator.clone(),
+            authorizer: self.authorizer.clone(),
+            internal_client: self.internal_client.clone(),
+        }
+    }
+}
+
 /// State shared by every connection task.
 #[derive(Debug)]
 struct Core {
+    /// How the broker was started; its access fields are only where `access` began.
     config: BrokerConfig,
+    access: arc_swap::ArcSwap<Access>,
     router: Router,
     sessions: Sessions,
     stats: Arc<Stats>,
@@ -178,11 +247,9 @@ struct Core {
 }
 
 impl Core {
-    fn read_check(&self) -> &dyn ReadCheck {
-        match &self.config.authorizer {
-            Some(authorizer) => authorizer.as_ref(),
-            None => &router::AllowAll,
-        }
+    /// The access rules now (an `Arc`: it may be held across an await).
+    fn access(&self) -> Arc<Access> {
+        self.access.load_full()
     }
 }
 
@@ -218,6 +285,7 @@ impl Broker {
             auth_checks: Semaphore::new(2),
             stats,
             shutdown,
+            access: arc_swap::ArcSwap::from_pointee(config.access()),
             config,
         });
         if recovered.truncated > 0 {
@@ -293,6 +361,13 @@ impl Broker {
 
     pub fn stats(&self) -> &Stats {
         &self.core.stats
+    }
+
+    /// Replaces who may connect and what they may do; connected clients stay. The
+    /// internal client stays the one the broker started with.
+    pub fn set_access(&self, mut access: Access) {
+        access.internal_client = self.core.access.load().internal_client.clone();
+        self.core.access.store(Arc::new(access));
     }
 
     /// Stops accepting, disconnects every client and waits (bounded) for them to end.

@@ -81,8 +81,8 @@ type Routes = std::sync::Arc<std::sync::RwLock<HashMap<String, mpsc::Sender<Devi
 #[derive(Debug)]
 pub struct Gateway {
     broker: Option<Broker>,
-    /// Where the gateway's own client reaches the local broker.
-    broker_addr: SocketAddr,
+    /// Where and as whom the gateway's own client reaches the local broker.
+    local: links::LocalBroker,
     /// The counters every task adds to: kept across reloads, so they carry on.
     metrics: Arc<crate::metrics::Metrics>,
     /// The `/metrics` listener, if configured: its address (port 0 resolved) and task.
@@ -142,8 +142,15 @@ impl Gateway {
     /// Starts the broker, the metrics listener, the buses and the links (the clients,
     /// the upstream path and the devices).
     pub async fn start(config: Config) -> Result<Gateway, AppError> {
+        // The gateway's own client must get in whatever the password and ACL files say
+        // (with a password file, anonymous clients are refused by default).
+        let login = crate::mqtt::broker::auth::InternalClient::generate()
+            .map_err(|e| AppError::Client(e.to_string()))?;
         let broker = match config.broker.clone() {
-            Some(broker) => Some(Broker::start(broker).await?),
+            Some(mut broker) => {
+                broker.internal_client = Some(login.clone());
+                Some(Broker::start(broker).await?)
+            }
             None => None,
         };
         let broker_addr = broker
@@ -162,10 +169,14 @@ impl Gateway {
             None => None,
         };
         let buses = modbus::spawn_buses(&config);
-        let links = Links::start(&config, broker_addr, &metrics, &bus_handles(&buses)).await?;
+        let local = links::LocalBroker {
+            addr: broker_addr,
+            login,
+        };
+        let links = Links::start(&config, &local, &metrics, &bus_handles(&buses)).await?;
         Ok(Gateway {
             broker,
-            broker_addr,
+            local,
             metrics,
             metrics_listener,
             buses,

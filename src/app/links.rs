@@ -46,6 +46,14 @@ const LOCAL_RECEIVE_MAXIMUM: u16 = 100;
 /// How long devices wait for the local client's first CONNACK (see [`Links::start`]).
 const LOCAL_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
+/// The gateway's broker, as its own client reaches it.
+#[derive(Debug, Clone)]
+pub(super) struct LocalBroker {
+    pub(super) addr: SocketAddr,
+    /// Credentials the broker takes whatever its password and ACL files say.
+    pub(super) login: crate::mqtt::broker::auth::InternalClient,
+}
+
 /// The running links (see the module header).
 #[derive(Debug)]
 pub(super) struct Links {
@@ -68,7 +76,7 @@ impl Links {
     /// client is connected.
     pub(super) async fn start(
         config: &Config,
-        broker: SocketAddr,
+        broker: &LocalBroker,
         metrics: &Arc<Metrics>,
         buses: &HashMap<String, BusHandle>,
     ) -> Result<Links, AppError> {
@@ -228,17 +236,20 @@ fn client_id(id: &str) -> Result<MqttString, AppError> {
     MqttString::try_from(id).map_err(|e| AppError::Client(e.to_string()))
 }
 
-/// The client on the local broker (plain TCP on loopback). With `forwards_up` its
-/// session is persistent and it acknowledges inbound QoS 1/2 messages itself, once
-/// their copies are in the spool (see `app::upstream`).
+/// The client on the local broker (plain TCP on loopback), logged in with the broker's
+/// internal credentials. With `forwards_up` its session is persistent and it
+/// acknowledges inbound QoS 1/2 messages itself, once their copies are in the spool
+/// (see `app::upstream`).
 fn connect_local(
     config: &Config,
-    addr: SocketAddr,
+    broker: &LocalBroker,
     prefix: &str,
     forwards_up: bool,
 ) -> Result<(Handle, client::Events), AppError> {
     let id = client_id(&format!("{}-gateway", config.gateway.id))?;
     let mut session = ClientConfig::new(ProtocolVersion::V5, id);
+    session.username = Some(client_id(broker.login.username())?);
+    session.password = Some(Bytes::copy_from_slice(broker.login.password()));
     session.keep_alive = 30;
     session.will = Some(will(prefix)?);
     session.receive_maximum = std::num::NonZeroU16::MIN.saturating_add(LOCAL_RECEIVE_MAXIMUM - 1);
@@ -249,6 +260,7 @@ fn connect_local(
         session.session_expiry_interval = LOCAL_SESSION_EXPIRY;
         session.manual_acks = true;
     }
+    let addr = broker.addr;
     let options = ClientOptions::new(addr.ip().to_string(), addr.port(), session);
     client::spawn(options).map_err(|e| AppError::Client(e.to_string()))
 }

@@ -15,9 +15,13 @@
 //!   gets an empty retained discovery message, so Home Assistant forgets it.
 //! - `gateway.log_level`: handed back in the report for the caller to install.
 //! - `metrics`: the listener moves to the new address (or stops, or starts).
-//! - `broker` and `gateway.state_dir`: reported and left as they were until the next
-//!   start (restarting the broker would drop its clients; moving the state directory
-//!   under a running broker and spool is a restart's job).
+//! - `broker`: `allow_anonymous` and the password and ACL files (re-read at every
+//!   reload, so an edited file counts too) are swapped in; connected clients stay, and
+//!   the new rules apply to what they do next. Any other change (listeners, limits,
+//!   persistence) is reported and waits for the next start: restarting the broker would
+//!   drop its clients.
+//! - `gateway.state_dir`: reported and left as it was until the next start (moving the
+//!   state directory under a running broker and spool is a restart's job).
 //!
 //! Checking the file is `config`'s job, done before this is called.
 
@@ -92,6 +96,27 @@ impl fmt::Display for Reload {
 /// The sections a restart of the links applies.
 const LINK_SECTIONS: [&str; 4] = ["gateway", "upstream", "forward", "homeassistant"];
 
+/// The keys of `broker` a reload applies in place (see [`crate::mqtt::broker::Access`]).
+const BROKER_ACCESS_KEYS: [&str; 3] = ["allow_anonymous", "password_file", "acl_file"];
+
+/// Whether `broker` changed in more than who may connect and do what (or appeared, or
+/// went away): such a change needs the broker restarted.
+fn broker_changed_beyond_access(old: &Config, new: &Config) -> bool {
+    let without_access = |c: &Config| {
+        c.sections.get("broker").map(|text| {
+            let mut value: serde_json::Value =
+                serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+            if let Some(map) = value.as_object_mut() {
+                for key in BROKER_ACCESS_KEYS {
+                    map.remove(key);
+                }
+            }
+            value
+        })
+    };
+    without_access(old) != without_access(new)
+}
+
 /// Which parts of the links' settings differ between `old` and `new`.
 fn links_changes(old: &Config, new: &Config) -> Vec<String> {
     let section = |name: &str| old.sections.get(name) != new.sections.get(name);
@@ -151,10 +176,21 @@ impl Gateway {
         // What will run: `new`, less what is kept as it was below.
         let mut running = new;
 
-        if old.sections.get("broker") != running.sections.get("broker") {
+        if broker_changed_beyond_access(&old, &running) {
             report.needs_restart.push("broker".into());
             running.broker = old.broker.clone();
             keep_sections(&mut running, &old, &["broker"]);
+        } else if let (Some(broker), Some(settings)) = (&self.broker, &running.broker) {
+            // The password and ACL files as they are now (just read by the check), and
+            // `allow_anonymous`: swapped in; connected clients stay.
+            broker.set_access(settings.access());
+            if settings.authenticator.is_some() || settings.authorizer.is_some() {
+                report
+                    .applied
+                    .push("broker access (password and ACL files re-read)".into());
+            } else if old.sections.get("broker") != running.sections.get("broker") {
+                report.applied.push("broker.allow_anonymous".into());
+            }
         }
         if old.gateway.log != running.gateway.log {
             report.applied.push("gateway.log_level".into());
@@ -331,7 +367,7 @@ impl Gateway {
         let waiting = self.upstream_stats().map_or(0, |s| s.spool.pending);
         self.links.stop(false).await;
         let handles = bus_handles(&self.buses);
-        match Links::start(running, self.broker_addr, &self.metrics, &handles).await {
+        match Links::start(running, &self.local, &self.metrics, &handles).await {
             Ok(links) => {
                 self.links = links;
                 report
@@ -344,8 +380,7 @@ impl Gateway {
                     changed.join(", ")
                 ));
                 keep_links(running, old);
-                self.links =
-                    Links::start(running, self.broker_addr, &self.metrics, &handles).await?;
+                self.links = Links::start(running, &self.local, &self.metrics, &handles).await?;
             }
         }
         for device in &running.devices {

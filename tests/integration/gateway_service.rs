@@ -284,6 +284,82 @@ fn a_reload_whose_upstream_cannot_start_keeps_the_previous_settings_running() {
     );
 }
 
+/// `fieldgate passwd -b FILE USER PASSWORD` (creating the file with `-c`).
+fn passwd(file: &std::path::Path, user: &str, password: &str, create: bool) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fieldgate"));
+    command.arg("passwd");
+    if create {
+        command.arg("-c");
+    }
+    let out = command
+        .arg("-b")
+        .arg(file)
+        .args([user, password])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// One message on `topic` as `user`, or the refusal's exit status.
+fn receive_as(port: &str, user: &str, password: &str, topic: &str) -> Result<String, i32> {
+    let out = crate::support::run_with_timeout(
+        {
+            let mut c = Command::new("mosquitto_sub");
+            c.args(["-p", port, "-u", user, "-P", password, "-t", topic])
+                .args(["-v", "-C", "1", "-W", "10"]);
+            c
+        },
+        Duration::from_secs(15),
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(out.status.code().unwrap_or(-1))
+    }
+}
+
+/// With a password file the broker refuses anonymous clients, yet the gateway's own
+/// client gets in (internal credentials); a reload re-reads the password file, so a user
+/// added to it may connect without a restart.
+#[test]
+fn with_a_password_file_the_gateway_still_publishes_and_a_reload_lets_new_users_in() {
+    if !require_peer("mosquitto_sub") {
+        return;
+    }
+    let dir = TempDir::new("gateway-passwd");
+    let (file, users) = (dir.path().join("fieldgate.yaml"), dir.path().join("passwd"));
+    passwd(&users, "alice", "alice-secret", true);
+    std::fs::write(
+        &file,
+        format!(
+            "gateway:\n  id: gw13\nbroker:\n  listeners:\n    - bind: 127.0.0.1:0\n  password_file: passwd\ndevices:\n{}",
+            device("a")
+        ),
+    )
+    .unwrap();
+    let (running, stderr) = run_collecting_stderr(&file);
+    let said = |what: &str| stderr.lock().unwrap().iter().any(|l| l.contains(what));
+    let port = broker_port(&stderr);
+    let topic = "fieldgate/gw13/a/count";
+    let got = receive_as(&port, "alice", "alice-secret", topic).expect("alice gets telemetry");
+    assert!(got.starts_with(topic), "{got}");
+    assert!(
+        receive_as(&port, "bob", "bob-secret", topic).is_err(),
+        "bob is not a user yet"
+    );
+    passwd(&users, "bob", "bob-secret", false);
+    let status = Command::new("kill")
+        .args(["-HUP", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    crate::support::wait_until(Duration::from_secs(15), "the reload report", || {
+        said("applied: broker access")
+    });
+    let got = receive_as(&port, "bob", "bob-secret", topic).expect("bob gets in after the reload");
+    assert!(got.starts_with(topic), "{got}");
+}
+
 /// One HTTP GET with a plain socket; the whole reply.
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};

@@ -138,6 +138,15 @@ fn broker_port(stderr: &std::sync::Mutex<Vec<String>>) -> String {
     port().expect("seen above")
 }
 
+/// Sends SIGHUP (a reload) to `fieldgate run`.
+fn hangup(running: &KillOnDrop) {
+    let status = Command::new("kill")
+        .args(["-HUP", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 fn device(id: &str) -> String {
     format!(
         "  - id: {id}\n    source: sim\n    poll: 100ms\n    points:\n      - id: count\n        sim: counter\n"
@@ -161,17 +170,10 @@ fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_
         crate::gateway_run::json(&got[0])["value"].as_i64().unwrap()
     };
     let before = count("a");
-    let hup = |pid: u32| {
-        let status = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
 
     // Valid: `b` added, `a` unchanged (its counter goes on instead of starting again).
     std::fs::write(&file, format!("{head}{}{}", device("a"), device("b"))).unwrap();
-    hup(running.0.id());
+    hangup(&running);
     crate::support::wait_until(Duration::from_secs(15), "the reload report", || {
         said("reloaded: devices started: b; restarted: none; stopped: none")
     });
@@ -188,7 +190,7 @@ fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_
         format!("{head}{}  - id: c\n    source: nowhere\n", device("a")),
     )
     .unwrap();
-    hup(running.0.id());
+    hangup(&running);
     crate::support::wait_until(Duration::from_secs(15), "the refusal", || {
         said("reload refused") && said("devices[1].source")
     });
@@ -200,7 +202,7 @@ fn sighup_applies_a_valid_file_to_the_devices_that_changed_and_keeps_running_on_
         .replace("id: gw10\n", "id: gw10\n  log_level: warn\n")
         .replace("listeners:\n", "sys_interval: 5s\n  listeners:\n");
     std::fs::write(&file, format!("{changed}{}", device("b"))).unwrap();
-    hup(running.0.id());
+    hangup(&running);
     crate::support::wait_until(Duration::from_secs(15), "a stopped", || said("stopped: a"));
     assert!(
         said("applied: gateway.log_level"),
@@ -260,11 +262,7 @@ fn a_reload_whose_upstream_cannot_start_keeps_the_previous_settings_running() {
         ),
     )
     .unwrap();
-    let status = Command::new("kill")
-        .args(["-HUP", &running.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    hangup(&running);
     crate::support::wait_until(Duration::from_secs(15), "the reload report", || {
         said("NOT applied: upstream:") && said("in use by another process")
     });
@@ -348,11 +346,7 @@ fn with_a_password_file_the_gateway_still_publishes_and_a_reload_lets_new_users_
         "bob is not a user yet"
     );
     passwd(&users, "bob", "bob-secret", false);
-    let status = Command::new("kill")
-        .args(["-HUP", &running.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    hangup(&running);
     crate::support::wait_until(Duration::from_secs(15), "the reload report", || {
         said("applied: broker access")
     });

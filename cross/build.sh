@@ -37,32 +37,8 @@ usage() {
     exit "${1:-1}"
 }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        env DEBIAN_FRONTEND=noninteractive "$@"
-    else
-        sudo env DEBIAN_FRONTEND=noninteractive "$@"
-    fi
-}
-
-# Debian packages from the list that are not installed yet.
-missing_packages() {
-    local pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null | grep -q '^ii' ||
-            printf '%s\n' "$pkg"
-    done
-}
-
-apt_install_missing() {
-    local missing
-    mapfile -t missing < <(missing_packages "$@")
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    echo "cross/build.sh: installing Debian packages: ${missing[*]}" >&2
-    # Wait for another apt run's lock rather than failing on it.
-    as_root apt-get -q -o DPkg::Lock::Timeout=300 update >/dev/null
-    as_root apt-get -q -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=tests/apt.sh
+source "$ROOT/tests/apt.sh"
 
 rust_target_add() {
     rustup target list --installed | grep -qx "$1" || rustup target add "$1"

@@ -33,13 +33,8 @@ while [ "$#" -gt 0 ]; do
 done
 [ "${#targets[@]}" -gt 0 ] || targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        env DEBIAN_FRONTEND=noninteractive "$@"
-    else
-        sudo env DEBIAN_FRONTEND=noninteractive "$@"
-    fi
-}
+# shellcheck source=tests/apt.sh
+source tests/apt.sh
 
 # qemu-user-static's binaries are called qemu-ARCH-static, qemu-user's qemu-ARCH.
 qemu_for() {
@@ -53,8 +48,7 @@ fail() {
 
 if ! qemu_for aarch64 >/dev/null || ! qemu_for arm >/dev/null; then
     echo "cross/check.sh: installing Debian package qemu-user-static" >&2
-    as_root apt-get -q -o DPkg::Lock::Timeout=300 update >/dev/null
-    as_root apt-get -q -o DPkg::Lock::Timeout=300 install -y --no-install-recommends qemu-user-static
+    apt_install qemu-user-static
 fi
 
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"

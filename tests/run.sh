@@ -25,36 +25,8 @@ VENV="$ROOT/target/test-venv"
 
 banner() { printf '\n==> %s\n' "$*"; }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        env DEBIAN_FRONTEND=noninteractive "$@"
-    else
-        sudo env DEBIAN_FRONTEND=noninteractive "$@"
-    fi
-}
-
-# apt-get, waiting for a dpkg/apt lock held by another apt run instead of failing.
-apt_get() {
-    local attempt
-    for attempt in 1 2 3 4 5 6 7 8 9 10; do
-        if as_root apt-get -q -o DPkg::Lock::Timeout=300 "$@"; then
-            return 0
-        fi
-        echo "apt-get $* failed (attempt $attempt); retrying" >&2
-        sleep 15
-    done
-    echo "apt-get $* kept failing" >&2
-    return 1
-}
-
-APT_UPDATED=0
-apt_install() {
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        apt_get update >/dev/null
-        APT_UPDATED=1
-    fi
-    apt_get install -y --no-install-recommends "$@"
-}
+# shellcheck source=tests/apt.sh
+source "$ROOT/tests/apt.sh"
 
 mosquitto_path() {
     command -v mosquitto 2>/dev/null && return 0

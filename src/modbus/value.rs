@@ -1547,16 +1547,11 @@ mod tests {
     }
 
     fn numeric_type() -> impl Strategy<Value = DataType> {
-        prop::sample::select(vec![
-            DataType::U16,
-            DataType::I16,
-            DataType::U32,
-            DataType::I32,
-            DataType::U64,
-            DataType::I64,
-            DataType::F32,
-            DataType::F64,
-        ])
+        let numeric: Vec<DataType> = NAMED_TYPES
+            .into_iter()
+            .filter(|t| !matches!(t, DataType::Bool | DataType::Bits))
+            .collect();
+        prop::sample::select(numeric)
     }
 
     /// A value every point of `data_type` can hold exactly, with scale 1 and offset 0.

@@ -115,6 +115,15 @@ impl Counter {
             .collect()
     }
 
+    /// Waits until at least `n` messages arrived on `topic` (traffic flows).
+    async fn wait_for(&self, topic: &str, n: usize, what: &str) {
+        wait_until_async(SETTLE, what, || {
+            let got = self.numbers(topic).len();
+            async move { got >= n }
+        })
+        .await;
+    }
+
     fn distinct(&self, topic: &str) -> BTreeSet<u64> {
         self.numbers(topic).into_iter().collect()
     }
@@ -407,11 +416,9 @@ async fn an_uplink_cut_and_restored_loses_nothing_and_qos2_arrives_once_in_order
     let _gateway = start_gateway(&dir, &config, local, "cut").await;
     let total = 3000;
     let mut lan = Lan::start(local, "in/cut", QoS::ExactlyOnce, total, &id("cut", "lan")).await;
-    wait_until_async(SETTLE, "traffic before the cut", || {
-        let n = counter.numbers("up/in/cut").len();
-        async move { n >= 500 }
-    })
-    .await;
+    counter
+        .wait_for("up/in/cut", 500, "traffic before the cut")
+        .await;
     // The outage: connections cut, new ones refused, for two seconds.
     proxy.refuse();
     proxy.cut();
@@ -449,11 +456,9 @@ async fn mosquitto_stopped_and_restarted_with_its_persistence_loses_nothing() {
         &id("restart", "lan"),
     )
     .await;
-    wait_until_async(SETTLE, "traffic before the restart", || {
-        let n = counter.numbers("up/in/restart").len();
-        async move { n >= 500 }
-    })
-    .await;
+    counter
+        .wait_for("up/in/restart", 500, "traffic before the restart")
+        .await;
     mosquitto.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     mosquitto.start_again();
@@ -737,11 +742,9 @@ async fn a_reload_that_moves_the_upstream_keeps_the_backlog_and_the_lan_clients(
         &id("reload", "lan"),
     )
     .await;
-    wait_until_async(SETTLE, "traffic before the outage", || {
-        let n = old_counter.numbers("up/in/reload").len();
-        async move { n >= 500 }
-    })
-    .await;
+    old_counter
+        .wait_for("up/in/reload", 500, "traffic before the outage")
+        .await;
     // The old upstream goes away and a backlog builds up in the spool ...
     old.stop();
     status

@@ -186,36 +186,27 @@ impl Access {
         self
     }
 
-    fn is_internal(&self, username: Option<&str>) -> bool {
+    /// Whether `username` may do what `check` asks the ACL: always for the internal
+    /// client, and for everyone when there is no ACL.
+    fn allows(&self, username: Option<&str>, check: impl FnOnce(&dyn Authorizer) -> bool) -> bool {
         self.internal_client
             .as_ref()
             .is_some_and(|c| c.is(username))
+            || self.authorizer.as_deref().is_none_or(check)
     }
 
     fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &TopicName) -> bool {
-        self.is_internal(username)
-            || self
-                .authorizer
-                .as_ref()
-                .is_none_or(|a| a.may_publish(username, client_id, topic))
+        self.allows(username, |a| a.may_publish(username, client_id, topic))
     }
 
     fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &TopicFilter) -> bool {
-        self.is_internal(username)
-            || self
-                .authorizer
-                .as_ref()
-                .is_none_or(|a| a.may_subscribe(username, client_id, filter))
+        self.allows(username, |a| a.may_subscribe(username, client_id, filter))
     }
 }
 
 impl ReadCheck for Access {
     fn may_receive(&self, username: Option<&str>, client_id: &str, topic: &TopicName) -> bool {
-        self.is_internal(username)
-            || self
-                .authorizer
-                .as_ref()
-                .is_none_or(|a| a.may_receive(username, client_id, topic))
+        self.allows(username, |a| a.may_receive(username, client_id, topic))
     }
 }
 
